@@ -1,0 +1,140 @@
+"""MLP-Mixer configuration (Tolstikhin et al., 2021, arXiv 2105.01601), for images and for text."""
+
+from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
+
+# The paper's Table 1. `tokens_mlp_dim` is D_S, `channels_mlp_dim` is D_C.
+MIXER_VARIANTS = {
+    "S/32": dict(patch_size=32, hidden_size=512, tokens_mlp_dim=256, channels_mlp_dim=2048, num_hidden_layers=8),
+    "S/16": dict(patch_size=16, hidden_size=512, tokens_mlp_dim=256, channels_mlp_dim=2048, num_hidden_layers=8),
+    "B/32": dict(patch_size=32, hidden_size=768, tokens_mlp_dim=384, channels_mlp_dim=3072, num_hidden_layers=12),
+    "B/16": dict(patch_size=16, hidden_size=768, tokens_mlp_dim=384, channels_mlp_dim=3072, num_hidden_layers=12),
+    "L/32": dict(patch_size=32, hidden_size=1024, tokens_mlp_dim=512, channels_mlp_dim=4096, num_hidden_layers=24),
+    "L/16": dict(patch_size=16, hidden_size=1024, tokens_mlp_dim=512, channels_mlp_dim=4096, num_hidden_layers=24),
+    "H/14": dict(patch_size=14, hidden_size=1280, tokens_mlp_dim=640, channels_mlp_dim=5120, num_hidden_layers=32),
+}
+
+# Written into every saved config.json, so that each Auto class finds its class in the two source files that
+# `save_pretrained` copies next to the weights (`trust_remote_code=True` on a machine without this package).
+MIXER_AUTO_MAP = {
+    "AutoConfig": "configuration_mixer.MixerConfig",
+    "AutoModel": "modeling_mixer.MixerModel",
+    "AutoModelForImageClassification": "modeling_mixer.MixerForImageClassification",
+    "AutoModelForMaskedLM": "modeling_mixer.MixerForMaskedLM",
+}
+
+
+class MixerConfig(PreTrainedConfig):
+    r"""
+    Configuration of an MLP-Mixer. The defaults build Mixer-B/16 for 224×224 images.
+
+    Args:
+        hidden_size (`int`, defaults to 768): channels C of every token.
+        num_hidden_layers (`int`, defaults to 12): number of Mixer layers.
+        tokens_mlp_dim (`int`, defaults to 384): hidden width D_S of the token-mixing MLP.
+        channels_mlp_dim (`int`, defaults to 3072): hidden width D_C of the channel-mixing MLP.
+        hidden_act (`str`, defaults to `"gelu"`): activation of both MLPs. `"gelu"` is the exact GELU of timm;
+            `"gelu_pytorch_tanh"` is the tanh approximation of the official JAX code.
+        layer_norm_eps (`float`, defaults to 1e-6): epsilon of every LayerNorm.
+        hidden_dropout_prob (`float`, defaults to 0.0): dropout after each MLP's activation and output.
+        drop_path_rate (`float`, defaults to 0.0): stochastic depth of the last layer; it rises linearly from 0 over
+            depth, as in the paper.
+        initializer_range (`float`, defaults to 0.02): std of the token embeddings and of the MLM head's dense layer.
+        modality (`str`, defaults to `"image"`): `"image"` (patch embeddings, mean over patches) or `"text"`
+            (token embeddings, mean over real tokens).
+        image_size, patch_size, num_channels (`int`): input images are `num_channels`×`image_size`×`image_size`,
+            cut into non-overlapping `patch_size`×`patch_size` patches.
+        vocab_size (`int`, defaults to 30522): size of the token vocabulary (text).
+        max_position_embeddings (`int`, defaults to 512): the longest sequence (text). It is the width of the
+            token-mixing MLP, whose weights are position-specific: there are no position embeddings.
+        pad_token_id (`int`, *optional*, defaults to 0): id of the padding token (text).
+        tie_word_embeddings (`bool`, defaults to `True`): tie the MLM decoder to the token embeddings.
+
+    Example:
+
+    ```python
+    >>> from configuration_mixer import MixerConfig
+    >>> config = MixerConfig.from_variant("S/16", num_labels=10)
+    >>> config.num_tokens
+    196
+    ```
+    """
+
+    model_type = "mlp-mixer"
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    tokens_mlp_dim: int = 384
+    channels_mlp_dim: int = 3072
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-6
+    hidden_dropout_prob: float = 0.0
+    drop_path_rate: float = 0.0
+    initializer_range: float = 0.02
+    modality: str = "image"
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    vocab_size: int = 30522
+    max_position_embeddings: int = 512
+    pad_token_id: int | None = 0
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.auto_map = {**MIXER_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        self._check_values()
+
+    def _check_values(self):
+        if self.modality not in ("image", "text"):
+            raise ValueError(f"MixerConfig.modality must be 'image' or 'text', got {self.modality!r}.")
+        positive = ["hidden_size", "num_hidden_layers", "tokens_mlp_dim", "channels_mlp_dim"]
+        positive += ["image_size", "patch_size", "num_channels"] if self.modality == "image" else []
+        positive += ["vocab_size", "max_position_embeddings"] if self.modality == "text" else []
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"MixerConfig.{name} must be a positive integer, got {value!r}.")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
+            raise ValueError(
+                f"MixerConfig.hidden_act must be an activation of transformers.activations.ACT2FN "
+                f"(for example 'gelu' or 'gelu_pytorch_tanh'), got {self.hidden_act!r}."
+            )
+        for name in ("hidden_dropout_prob", "drop_path_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"MixerConfig.{name} must be a probability in [0, 1), got {value!r}.")
+        if isinstance(self.layer_norm_eps, bool) or not isinstance(self.layer_norm_eps, (int, float)) or not (
+            self.layer_norm_eps > 0
+        ):
+            raise ValueError(f"MixerConfig.layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}.")
+        if self.modality == "image" and self.image_size % self.patch_size:
+            raise ValueError(
+                f"MixerConfig.image_size ({self.image_size}) must be a multiple of MixerConfig.patch_size "
+                f"({self.patch_size}): the image is cut into non-overlapping patches."
+            )
+        if self.modality == "text" and self.pad_token_id is not None:
+            if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int) or not (
+                0 <= self.pad_token_id < self.vocab_size
+            ):
+                raise ValueError(
+                    f"MixerConfig.pad_token_id must be None or an id in [0, vocab_size={self.vocab_size}), "
+                    f"got {self.pad_token_id!r}."
+                )
+
+    @property
+    def num_tokens(self) -> int:
+        """Width of the token-mixing MLP: patches per image, or the longest text sequence."""
+        if self.modality == "image":
+            return (self.image_size // self.patch_size) ** 2
+        return self.max_position_embeddings
+
+    @classmethod
+    def from_variant(cls, variant: str, **kwargs) -> "MixerConfig":
+        """A paper variant ("S/32", "S/16", "B/32", "B/16", "L/32", "L/16", "H/14"); `kwargs` override any field."""
+        if variant not in MIXER_VARIANTS:
+            raise ValueError(f"Unknown Mixer variant {variant!r}; expected one of {', '.join(MIXER_VARIANTS)}.")
+        return cls(**{**MIXER_VARIANTS[variant], **kwargs})
+
+
+__all__ = ["MIXER_VARIANTS", "MixerConfig"]

@@ -1,0 +1,396 @@
+"""MLP-Mixer (Tolstikhin et al., 2021, arXiv 2105.01601) as a 🤗 transformers model, for images and for text.
+
+One trunk of Mixer layers serves both modalities; only the embeddings and the pooling differ:
+
+    image → non-overlapping patches → linear projection ─┐
+                                                         ├→ N × MixerLayer → LayerNorm → mean over tokens → head
+    text  → token embeddings (no position embeddings) ───┘
+
+The image path computes exactly what timm's `MlpMixer` computes, with the same initialisation, so that its weights
+(and those of the official JAX code) convert one to one.
+"""
+
+import math
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForMaskedLM,
+    PreTrainedModel,
+    ViTImageProcessor,
+)
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPoolingAndNoAttention,
+    ImageClassifierOutputWithNoAttention,
+    MaskedLMOutput,
+)
+from transformers.utils.generic import can_return_tuple
+
+try:
+    from .configuration_mixer import MixerConfig
+except ImportError:  # installed as top-level modules, or run from the repository root
+    from configuration_mixer import MixerConfig
+
+
+# ---------------------------------------------------------------------------------------------------- embeddings
+
+
+class MixerPatchEmbeddings(nn.Module):
+    """Cuts an image into non-overlapping P×P patches and projects each to C channels (a Conv2d, kernel = stride = P)."""
+
+    def __init__(self, config: MixerConfig):
+        super().__init__()
+        self.config = config
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values must have shape (batch_size, {', '.join(map(str, expected))}) for this Mixer "
+                f"(num_channels={expected[0]}, image_size={expected[1]}), got {tuple(pixel_values.shape)}. "
+                "The token-mixing MLPs are sized for a fixed number of patches: resize the images with the "
+                "model's image processor."
+            )
+        pixel_values = pixel_values.to(self.projection.weight.dtype)
+        return self.projection(pixel_values).flatten(2).transpose(1, 2)  # (batch, patches, channels), row-major
+
+
+class MixerTextEmbeddings(nn.Module):
+    """Token embeddings only: the token-mixing weights are position-specific, so no position embeddings are needed."""
+
+    def __init__(self, config: MixerConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.word_embeddings(input_ids)
+
+
+# ---------------------------------------------------------------------------------------------------- Mixer layer
+
+
+class MixerMLP(nn.Module):
+    """Linear → activation → dropout → Linear → dropout, over the last dimension (timm's `Mlp`)."""
+
+    def __init__(self, config: MixerConfig, in_features: int, hidden_features: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.dropout(self.act(self.fc1(hidden_states)))))
+
+
+class MixerTokenMixingMLP(MixerMLP):
+    """
+    The MLP across tokens, one for all channels. The paper writes it on the transpose, MLP(X^T)^T for X of shape
+    (tokens, channels); multiplying from the left, W2 · act(W1 · X + b1) + b2, is the same product without the two
+    transposes. A sequence of L < S tokens uses the first L columns of W1 and the first L rows of W2 and b2: exactly
+    what zero-padding it to S tokens would give, without computing on the padding.
+    """
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        length = hidden_states.shape[1]
+        hidden = torch.matmul(self.fc1.weight[:, :length], hidden_states) + self.fc1.bias[:, None]
+        hidden = self.dropout(self.act(hidden))
+        return self.dropout(torch.matmul(self.fc2.weight[:length], hidden) + self.fc2.bias[:length, None])
+
+
+class MixerDropPath(nn.Module):
+    """Stochastic depth: drops the residual branch of whole samples, scaling the kept ones by 1 / (1 - p)."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1.0 - self.drop_prob
+        mask = hidden_states.new_empty((hidden_states.shape[0],) + (1,) * (hidden_states.dim() - 1))
+        return hidden_states * mask.bernoulli_(keep_prob).div_(keep_prob)
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+class MixerLayer(GradientCheckpointingLayer):
+    """
+    x = x + TokenMLP(LayerNorm(x))      mixes the S tokens, per channel
+    x = x + ChannelMLP(LayerNorm(x))    mixes the C channels, per token
+    """
+
+    def __init__(self, config: MixerConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.token_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.token_mixing = MixerTokenMixingMLP(config, config.num_tokens, config.tokens_mlp_dim)
+        self.channel_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.channel_mixing = MixerMLP(config, config.hidden_size, config.channels_mlp_dim)
+        self.drop_path = MixerDropPath(drop_path)
+
+    def forward(self, hidden_states: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = self.token_norm(hidden_states)
+        if padding_mask is not None:
+            # Zero the padded tokens, so that they add nothing to the real ones whatever their ids or their number.
+            tokens = tokens * padding_mask
+        hidden_states = hidden_states + self.drop_path(self.token_mixing(tokens))
+        return hidden_states + self.drop_path(self.channel_mixing(self.channel_norm(hidden_states)))
+
+
+# ---------------------------------------------------------------------------------------------------- trunk
+
+
+class MixerPreTrainedModel(PreTrainedModel):
+    config: MixerConfig
+    config_class = MixerConfig
+    base_model_prefix = "mixer"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MixerLayer"]
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module):
+        """
+        timm's scheme: xavier-uniform linears with 1e-6 normal biases, a LeCun-normal stem, a zero classifier. It
+        decides leaf by leaf, as transformers skips the modules that own no parameters themselves in remote code.
+        """
+        super()._init_weights(module)  # LayerNorm ones/zeros, embeddings normal(initializer_range)
+        if isinstance(module, nn.Conv2d):
+            # LeCun normal as timm and Flax draw it: truncated at two of its std, rescaled to variance 1 / fan_in.
+            # (transformers' `init.lecun_normal_` truncates at ±2 absolute, which leaves a std 14% too large.)
+            std = math.sqrt(1 / module.weight[0].numel()) / 0.87962566103423978
+            init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            if module is getattr(self, "classifier", None):
+                init.zeros_(module.weight)
+                init.zeros_(module.bias)
+            elif module is not self.get_output_embeddings():  # the MLM decoder: tied weight, zero bias
+                init.xavier_uniform_(module.weight)
+                init.normal_(module.bias, std=1e-6)
+
+
+class MixerModel(MixerPreTrainedModel):
+    """Embeddings → Mixer layers → LayerNorm; the pooled output is the mean over the (real) tokens."""
+
+    def __init__(self, config: MixerConfig):
+        super().__init__(config)
+        self.main_input_name = "pixel_values" if config.modality == "image" else "input_ids"
+        self.embeddings = (MixerPatchEmbeddings if config.modality == "image" else MixerTextEmbeddings)(config)
+        drop_path_rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        self.layers = nn.ModuleList(MixerLayer(config, rate) for rate in drop_path_rates)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        if self.config.modality == "image":
+            return self.embeddings.projection
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Module):
+        if self.config.modality == "image":
+            self.embeddings.projection = value
+        else:
+            self.embeddings.word_embeddings = value
+
+    def _embed(self, pixel_values, input_ids, inputs_embeds) -> torch.Tensor:
+        """Checks that the inputs fit this model's modality and returns the token embeddings."""
+        given = [name for name, value in [("pixel_values", pixel_values), ("input_ids", input_ids),
+                                          ("inputs_embeds", inputs_embeds)] if value is not None]
+        if self.config.modality == "image":
+            if given != ["pixel_values"]:
+                raise ValueError(f"This Mixer is an image model (modality='image'): pass pixel_values only, got {given}.")
+            return self.embeddings(pixel_values)
+        if given not in (["input_ids"], ["inputs_embeds"]):
+            raise ValueError(
+                f"This Mixer is a text model (modality='text'): pass input_ids or inputs_embeds (one of them), "
+                f"got {given}."
+            )
+        embeddings = self.embeddings(input_ids) if input_ids is not None else inputs_embeds
+        if embeddings.dim() != 3 or embeddings.shape[-1] != self.config.hidden_size:
+            raise ValueError(
+                f"input_ids must have shape (batch_size, sequence_length) and inputs_embeds (batch_size, "
+                f"sequence_length, {self.config.hidden_size}), got {tuple((input_ids if input_ids is not None else inputs_embeds).shape)}."
+            )
+        if embeddings.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(
+                f"The sequence has {embeddings.shape[1]} tokens, more than this Mixer's max_position_embeddings "
+                f"({self.config.max_position_embeddings}), the width of its token-mixing MLPs. Truncate the input "
+                "(for example with the tokenizer's truncation=True and max_length)."
+            )
+        return embeddings
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPoolingAndNoAttention:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`): images,
+            for `modality="image"`.
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): token ids, for `modality="text"`,
+            padded on the right; `sequence_length` is at most `max_position_embeddings`.
+        attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`): 1 for real tokens, 0 for padding.
+        inputs_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`): instead of
+            `input_ids`.
+        """
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        hidden_states = self._embed(pixel_values, input_ids, inputs_embeds)
+        padding_mask = None
+        if attention_mask is not None:
+            if self.config.modality == "image":
+                raise ValueError("attention_mask is for text; an image Mixer has no padding.")
+            if tuple(attention_mask.shape) != tuple(hidden_states.shape[:2]):
+                raise ValueError(
+                    f"attention_mask must have shape (batch_size, sequence_length) = {tuple(hidden_states.shape[:2])}, "
+                    f"got {tuple(attention_mask.shape)}."
+                )
+            padding_mask = attention_mask[..., None].to(hidden_states.dtype)  # (batch, tokens, 1)
+
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, padding_mask)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        sequence_output = self.layernorm(hidden_states)
+
+        if padding_mask is None:
+            pooled_output = sequence_output.mean(dim=1)
+        else:  # the mean over real tokens only
+            pooled_output = (sequence_output * padding_mask).sum(1) / padding_mask.sum(1).clamp(min=1)
+
+        return BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=sequence_output, pooler_output=pooled_output, hidden_states=all_hidden_states
+        )
+
+
+# ---------------------------------------------------------------------------------------------------- heads
+
+
+class MixerForImageClassification(MixerPreTrainedModel):
+    """The paper's model: the trunk, the mean over patches, a linear classifier."""
+
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: MixerConfig):
+        super().__init__(config)
+        if config.modality != "image":
+            raise ValueError(f"MixerForImageClassification needs modality='image', got {config.modality!r}.")
+        self.num_labels = config.num_labels
+        self.mixer = MixerModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutputWithNoAttention:
+        r"""
+        labels (`torch.Tensor` of shape `(batch_size,)` or `(batch_size, num_labels)`): class indices
+            (single-label), multi-hot floats (multi-label) or targets (regression); `config.problem_type` says which,
+            and is inferred from the labels when unset.
+        """
+        outputs = self.mixer(pixel_values=pixel_values, output_hidden_states=output_hidden_states)
+        logits = self.classifier(outputs.pooler_output)
+        loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
+        return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class MixerLMHead(nn.Module):
+    """Dense → activation → LayerNorm → decoder to the vocabulary (tied to the token embeddings, as in BERT)."""
+
+    def __init__(self, config: MixerConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.layer_norm(self.act(self.dense(hidden_states))))
+
+
+class MixerForMaskedLM(MixerPreTrainedModel):
+    """The token-mixing MLP in place of self-attention, trained to fill in masked tokens."""
+
+    main_input_name = "input_ids"
+    _tied_weights_keys = {"lm_head.decoder.weight": "mixer.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: MixerConfig):
+        super().__init__(config)
+        if config.modality != "text":
+            raise ValueError(f"MixerForMaskedLM needs modality='text', got {config.modality!r}.")
+        self.mixer = MixerModel(config)
+        self.lm_head = MixerLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear):
+        self.lm_head.decoder = new_embeddings
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> MaskedLMOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`): the original ids at the masked
+            positions, -100 elsewhere (ignored by the loss).
+        """
+        outputs = self.mixer(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+# ---------------------------------------------------------------------------------------------------- registration
+
+AutoConfig.register(MixerConfig.model_type, MixerConfig, exist_ok=True)
+AutoModel.register(MixerConfig, MixerModel, exist_ok=True)
+AutoModelForImageClassification.register(MixerConfig, MixerForImageClassification, exist_ok=True)
+AutoModelForMaskedLM.register(MixerConfig, MixerForMaskedLM, exist_ok=True)
+AutoImageProcessor.register(MixerConfig, image_processor_classes={"torchvision": ViTImageProcessor}, exist_ok=True)
+# `save_pretrained` copies this file and configuration_mixer.py next to the weights.
+MixerConfig.register_for_auto_class()
+MixerModel.register_for_auto_class("AutoModel")
+MixerForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+MixerForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
+
+__all__ = ["MixerForImageClassification", "MixerForMaskedLM", "MixerModel", "MixerPreTrainedModel"]

@@ -182,6 +182,44 @@ class MixerPreTrainedModel(PreTrainedModel):
                 init.xavier_uniform_(module.weight)
                 init.normal_(module.bias, std=1e-6)
 
+    @torch.no_grad()
+    def resize_token_mixing(self, image_size: int):
+        """
+        Prepares fine-tuning at a higher resolution (the paper's Appendix C): `image_size` = K × the current one, so
+        S' = K²·S tokens. Each token-mixing MLP grows to K²·D_S hidden units, initialised so that each of the K×K
+        parts of the image is mixed exactly as the pretrained model mixes a whole image: a K×K tiling of an image
+        gives the original logits. Updates the config; returns the model. Resize the image processor as well.
+        """
+        mixer, config = self.base_model, self.config
+        if config.modality != "image":
+            raise ValueError(f"resize_token_mixing is for image Mixers, this one has modality={config.modality!r}.")
+        k = image_size // config.image_size
+        if k < 1 or k * config.image_size != image_size:
+            raise ValueError(
+                f"image_size must be a whole multiple K ≥ 1 of the current image_size {config.image_size} "
+                f"({config.image_size}, {2 * config.image_size}, ...), got {image_size}."
+            )
+        grid = config.image_size // config.patch_size  # the pretrained model sees grid × grid patches
+        # Grouped part by part (token q = part · S + index in the part), the parts never mix: the new weights are
+        # block-diagonal, W1' = diag(W1, ..., W1) of shape (K²D_S, K²S), W2' = diag(W2, ..., W2), b' = (b, ..., b).
+        # The patches come in row-major order over the (K·grid)² grid: patch (r, c) lies in part
+        # (r // grid, c // grid) at (r % grid, c % grid), so its grouped index is perm[r·K·grid + c] below. Token t
+        # reads column perm[t] of W1' and writes row perm[t] of W2' and b2'.
+        rows, cols = torch.meshgrid(torch.arange(k * grid), torch.arange(k * grid), indexing="ij")
+        perm = (((rows // grid) * k + cols // grid) * grid**2 + (rows % grid) * grid + cols % grid).flatten()
+        for layer in mixer.layers:
+            fc1, fc2 = layer.token_mixing.fc1, layer.token_mixing.fc2
+            fc1.weight = nn.Parameter(torch.block_diag(*[fc1.weight] * k**2)[:, perm])
+            fc1.bias = nn.Parameter(fc1.bias.repeat(k**2))
+            fc2.weight = nn.Parameter(torch.block_diag(*[fc2.weight] * k**2)[perm])
+            fc2.bias = nn.Parameter(fc2.bias.repeat(k**2)[perm])
+            fc1.out_features, fc1.in_features = fc1.weight.shape
+            fc2.out_features, fc2.in_features = fc2.weight.shape
+        tokens_mlp_dim = config.tokens_mlp_dim * k**2
+        for cfg in (config, mixer.config, mixer.embeddings.config):  # one object, unless a caller split them
+            cfg.image_size, cfg.tokens_mlp_dim = image_size, tokens_mlp_dim
+        return self
+
 
 class MixerModel(MixerPreTrainedModel):
     """Embeddings → Mixer layers → LayerNorm; the pooled output is the mean over the (real) tokens."""
@@ -190,8 +228,11 @@ class MixerModel(MixerPreTrainedModel):
         super().__init__(config)
         self.main_input_name = "pixel_values" if config.modality == "image" else "input_ids"
         self.embeddings = (MixerPatchEmbeddings if config.modality == "image" else MixerTextEmbeddings)(config)
-        drop_path_rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
-        self.layers = nn.ModuleList(MixerLayer(config, rate) for rate in drop_path_rates)
+        depth = config.num_hidden_layers
+        # Stochastic depth rises linearly from 0 at the first layer to drop_path_rate at the last, as in the paper.
+        self.layers = nn.ModuleList(
+            MixerLayer(config, config.drop_path_rate * i / max(depth - 1, 1)) for i in range(depth)
+        )
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 

@@ -1,0 +1,326 @@
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from transformers import (
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForMaskedLM,
+    Trainer,
+    TrainingArguments,
+)
+
+from configuration_mixer import MIXER_VARIANTS, MixerConfig
+from modeling_mixer import MixerForImageClassification, MixerForMaskedLM, MixerModel
+
+TINY_IMAGE = dict(hidden_size=32, num_hidden_layers=2, tokens_mlp_dim=16, channels_mlp_dim=64, image_size=32,
+                  patch_size=8, num_channels=3)
+TINY_TEXT = dict(modality="text", vocab_size=50, max_position_embeddings=12, hidden_size=32, num_hidden_layers=2,
+                 tokens_mlp_dim=16, channels_mlp_dim=64, pad_token_id=0)
+
+
+def image_model(**overrides):
+    torch.manual_seed(0)
+    return MixerForImageClassification(MixerConfig(**{**TINY_IMAGE, "num_labels": 5, **overrides})).eval()
+
+
+def text_model(**overrides):
+    torch.manual_seed(0)
+    return MixerForMaskedLM(MixerConfig(**{**TINY_TEXT, **overrides})).eval()
+
+
+# ------------------------------------------------------------------------------------------------ shapes and init
+
+
+@pytest.mark.parametrize("variant", MIXER_VARIANTS)
+def test_every_variant_runs_with_its_shapes(variant):
+    config = MixerConfig.from_variant(variant, num_hidden_layers=1, num_labels=3)
+    model = MixerForImageClassification(config).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 224, 224), output_hidden_states=True)
+    assert out.logits.shape == (1, 3)
+    assert [h.shape for h in out.hidden_states] == [(1, config.num_tokens, config.hidden_size)] * 2
+    fc1 = model.mixer.layers[0].token_mixing.fc1
+    assert fc1.weight.shape == (config.tokens_mlp_dim, (224 // config.patch_size) ** 2)
+
+
+def test_init_follows_timm():
+    model = MixerForImageClassification(MixerConfig.from_variant("S/32", num_hidden_layers=2, num_labels=10))
+    assert not model.classifier.weight.any() and not model.classifier.bias.any()
+    stem = model.mixer.embeddings.projection.weight
+    fan_in = 3 * 32 * 32  # LeCun normal truncated at two std: std 1/sqrt(fan_in), nothing beyond 2.28 of it
+    assert stem.std().item() == pytest.approx(fan_in**-0.5, rel=0.03)
+    assert stem.abs().max().item() <= 2 / 0.87962566103423978 * fan_in**-0.5
+    for mlp in (model.mixer.layers[1].token_mixing, model.mixer.layers[1].channel_mixing):
+        for linear in (mlp.fc1, mlp.fc2):
+            bound = math.sqrt(6 / sum(linear.weight.shape))  # xavier uniform
+            assert linear.weight.abs().max().item() <= bound
+            assert linear.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.03)
+            assert 0 < linear.bias.std().item() < 2e-6
+    norm = model.mixer.layers[0].token_norm
+    assert norm.weight.eq(1).all() and not norm.bias.any() and norm.eps == 1e-6
+
+
+def test_drop_path_rises_linearly_over_depth():
+    config = MixerConfig(**{**TINY_IMAGE, "num_hidden_layers": 5, "drop_path_rate": 0.2})
+    rates = [layer.drop_path.drop_prob for layer in MixerModel(config).layers]
+    assert rates == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
+
+
+def test_token_mixing_equals_the_papers_transposed_mlp():
+    model = image_model()
+    layer = model.mixer.layers[0]
+    x = torch.randn(2, 16, 32)
+    mlp = layer.token_mixing
+    transposed = mlp.fc2(F.gelu(mlp.fc1(x.transpose(1, 2)))).transpose(1, 2)  # MLP(X^T)^T
+    torch.testing.assert_close(mlp(x), transposed, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+def test_hidden_states_and_tuple_outputs():
+    model = image_model()
+    pixels = torch.randn(2, 3, 32, 32)
+    out = model(pixels, output_hidden_states=True)
+    assert len(out.hidden_states) == 3  # embeddings + one per layer, before the final LayerNorm
+    base = model.mixer(pixel_values=pixels)
+    torch.testing.assert_close(base.pooler_output, base.last_hidden_state.mean(1))
+    torch.testing.assert_close(model.mixer.layernorm(out.hidden_states[-1]).mean(1), base.pooler_output)
+    logits, hidden_states = model(pixels, output_hidden_states=True, return_dict=False)
+    torch.testing.assert_close(logits, out.logits)
+    assert len(hidden_states) == 3
+    assert len(model(pixels, return_dict=False)) == 1
+
+
+@pytest.mark.parametrize(
+    "num_labels, labels, problem_type, reference",
+    [
+        (3, torch.tensor([0, 2]), "single_label_classification", lambda logits, y: F.cross_entropy(logits, y)),
+        (3, torch.tensor([[1.0, 0, 1], [0, 1, 0]]), "multi_label_classification",
+         lambda logits, y: F.binary_cross_entropy_with_logits(logits, y)),
+        (1, torch.tensor([0.5, -1.0]), "regression", lambda logits, y: F.mse_loss(logits.squeeze(), y)),
+    ],
+)
+def test_problem_types(num_labels, labels, problem_type, reference):
+    model = image_model(num_labels=num_labels)
+    torch.nn.init.normal_(model.classifier.weight)  # a zero head would give trivial losses
+    out = model(torch.randn(2, 3, 32, 32), labels=labels)
+    assert model.config.problem_type == problem_type
+    torch.testing.assert_close(out.loss, reference(out.logits, labels))
+
+
+def test_masked_lm_loss_ignores_minus_100():
+    model = text_model()
+    ids = torch.randint(1, 50, (2, 12))
+    labels = torch.full_like(ids, -100)
+    labels[0, 3], labels[1, 7] = 5, 9
+    out = model(ids, labels=labels)
+    reference = F.cross_entropy(out.logits[[0, 1], [3, 7]], torch.tensor([5, 9]))
+    torch.testing.assert_close(out.loss, reference)
+
+
+def test_inputs_embeds_equal_input_ids():
+    model = text_model()
+    ids = torch.randint(1, 50, (2, 9))
+    embeds = model.get_input_embeddings()(ids)
+    torch.testing.assert_close(model(inputs_embeds=embeds).logits, model(ids).logits)
+
+
+def test_decoder_is_tied_to_the_embeddings():
+    model = text_model()
+    assert model.lm_head.decoder.weight is model.mixer.embeddings.word_embeddings.weight
+    untied = text_model(tie_word_embeddings=False)
+    assert untied.lm_head.decoder.weight is not untied.mixer.embeddings.word_embeddings.weight
+
+
+# ------------------------------------------------------------------------------------------------ padding
+
+
+def pad(sequences, length, pad_id):
+    ids = torch.full((len(sequences), length), pad_id)
+    mask = torch.zeros(len(sequences), length, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def test_real_tokens_ignore_the_amount_of_padding_and_the_pad_ids():
+    model = text_model()
+    torch.manual_seed(1)
+    sequences = [torch.randint(1, 50, (n,)).tolist() for n in (4, 9, 6)]
+    results = []
+    for length, pad_id in [(9, 0), (12, 0), (12, 17), (10, 3)]:  # pad to longest, to the maximum, other pad ids
+        ids, mask = pad(sequences, length, pad_id)
+        out = model(ids, attention_mask=mask, output_hidden_states=True)
+        pooled = model.mixer(input_ids=ids, attention_mask=mask).pooler_output
+        results.append((out, pooled))
+    (ref, ref_pooled) = results[0]
+    for out, pooled in results[1:]:
+        torch.testing.assert_close(pooled, ref_pooled, rtol=0, atol=1e-6)
+        for row, seq in enumerate(sequences):
+            n = len(seq)
+            torch.testing.assert_close(out.logits[row, :n], ref.logits[row, :n], rtol=0, atol=1e-6)
+            for h, h_ref in zip(out.hidden_states, ref.hidden_states):
+                torch.testing.assert_close(h[row, :n], h_ref[row, :n], rtol=1e-6, atol=1e-6)
+    # A sequence alone, unpadded, computes the same as in the padded batch.
+    alone = model(torch.tensor([sequences[0]])).logits
+    torch.testing.assert_close(alone[0], ref.logits[0, :4], rtol=0, atol=1e-6)
+
+
+def test_pooled_output_is_the_mean_over_real_tokens():
+    model = text_model()
+    ids, mask = pad([[5, 6, 7], [8, 9, 10, 11, 12]], 12, 0)
+    out = model.mixer(input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(out.pooler_output[0], out.last_hidden_state[0, :3].mean(0))
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+def test_wrong_inputs_raise_clear_errors():
+    images, texts = image_model(), text_model()
+    with pytest.raises(ValueError, match=r"pixel_values must have shape \(batch_size, 3, 32, 32\).*got \(1, 3, 64, 64\)"):
+        images(torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"pixel_values must have shape \(batch_size, 3, 32, 32\).*got \(1, 1, 32, 32\)"):
+        images(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"image model \(modality='image'\): pass pixel_values only, got \['input_ids'\]"):
+        images.mixer(input_ids=torch.ones(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"text model \(modality='text'\).*got \['pixel_values'\]"):
+        texts.mixer(pixel_values=torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"got \['input_ids', 'inputs_embeds'\]"):
+        texts(torch.ones(1, 4, dtype=torch.long), inputs_embeds=torch.randn(1, 4, 32))
+    with pytest.raises(ValueError, match=r"13 tokens, more than this Mixer's max_position_embeddings \(12\)"):
+        texts(torch.ones(1, 13, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"attention_mask must have shape .* = \(2, 5\), got \(2, 6\)"):
+        texts(torch.ones(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 6))
+    with pytest.raises(ValueError, match=r"inputs_embeds \(batch_size, sequence_length, 32\), got \(1, 4, 31\)"):
+        texts(inputs_embeds=torch.randn(1, 4, 31))
+    with pytest.raises(ValueError, match="MixerForMaskedLM needs modality='text', got 'image'"):
+        MixerForMaskedLM(MixerConfig(**TINY_IMAGE))
+    with pytest.raises(ValueError, match="MixerForImageClassification needs modality='image', got 'text'"):
+        MixerForImageClassification(MixerConfig(**TINY_TEXT))
+
+
+# ------------------------------------------------------------------------------------------------ save and load
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_save_load_round_trip(tmp_path, dtype):
+    model = text_model().to(dtype)
+    ids = torch.randint(1, 50, (2, 12))
+    model.save_pretrained(tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["config.json", "configuration_mixer.py", "model.safetensors", "modeling_mixer.py"]
+    weights = load_file(tmp_path / "model.safetensors")
+    assert all(t.dtype == dtype for t in weights.values())
+    assert "lm_head.decoder.weight" not in weights  # tied: stored once
+    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path, dtype=dtype).eval()
+    assert type(loaded) is MixerForMaskedLM and loaded.dtype == dtype
+    assert loaded.lm_head.decoder.weight is loaded.mixer.embeddings.word_embeddings.weight
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_image_model_round_trip_through_auto_classes(tmp_path):
+    model = image_model()
+    torch.nn.init.normal_(model.classifier.weight)
+    pixels = torch.randn(2, 3, 32, 32)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded(pixels).logits, model(pixels).logits)
+    trunk = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(trunk) is MixerModel
+    assert torch.equal(trunk(pixels).pooler_output, model.mixer(pixels).pooler_output)
+
+
+BLOCK_PACKAGE = """
+import importlib.abc, sys
+class BlockPackage(importlib.abc.MetaPathFinder):  # as on a machine that never installed this project
+    def find_spec(self, name, path=None, target=None):
+        if name in ("configuration_mixer", "modeling_mixer"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, BlockPackage())
+"""
+
+
+def run_without_package(code: str) -> str:
+    """Runs `code` in a fresh Python process that cannot import this project; returns its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK_PACKAGE + textwrap.dedent(code)], capture_output=True, text=True, cwd="/"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize(
+    "auto_class, build, inputs",
+    [
+        ("AutoModel", lambda: image_model().mixer, "pixel_values=torch.randn(2, 3, 32, 32)"),
+        ("AutoModelForImageClassification", image_model, "pixel_values=torch.randn(2, 3, 32, 32)"),
+        ("AutoModelForMaskedLM", text_model, "input_ids=torch.randint(1, 50, (2, 12))"),
+    ],
+)
+def test_remote_code_loads_in_a_fresh_process(tmp_path, auto_class, build, inputs):
+    model = build()
+    for parameter in model.parameters():  # no zero head: every output must depend on the weights
+        torch.nn.init.normal_(parameter, std=0.1)
+    model.save_pretrained(tmp_path)
+    code = f"""
+        import torch, transformers
+        try:
+            import modeling_mixer
+            raise SystemExit("the project is importable")
+        except ModuleNotFoundError:
+            pass
+        model = transformers.{auto_class}.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
+        assert model.__class__.__module__.startswith("transformers_modules."), model.__class__.__module__
+        torch.manual_seed(0)
+        with torch.no_grad():
+            print(model({inputs})[0].double().sum().item())
+    """
+    remote = float(run_without_package(code).strip().splitlines()[-1])
+    torch.manual_seed(0)
+    inputs_here = eval(inputs.split("=", 1)[1])
+    with torch.no_grad():
+        local = model(inputs_here)[0].double().sum().item()
+    assert remote == local
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = text_model(hidden_dropout_prob=0.0).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert all(layer.gradient_checkpointing for layer in model.mixer.layers)
+        ids, mask = pad([[3, 4, 5, 6], [7, 8, 9, 10, 11, 12, 13]], 7, 0)
+        model(ids, attention_mask=mask, labels=ids).loss.backward()
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_trainer_reduces_the_loss(tmp_path):
+    torch.manual_seed(0)
+    prototypes = torch.randn(4, 3, 32, 32)  # four classes: a fixed image each, seen through noise
+    labels = torch.randint(0, 4, (256,))
+    pixels = prototypes[labels] + 0.5 * torch.randn(256, 3, 32, 32)
+    dataset = [{"pixel_values": x, "labels": y} for x, y in zip(pixels, labels)]
+    model = image_model(num_labels=4).train()
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=40, per_device_train_batch_size=32, learning_rate=3e-3,
+        logging_steps=10, use_cpu=True, report_to=[], save_strategy="no", seed=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=dataset)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses[0] > 1.0 and losses[-1] < 0.3 * losses[0], losses

@@ -324,3 +324,15 @@ def test_trainer_reduces_the_loss(tmp_path):
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses[0] > 1.0 and losses[-1] < 0.3 * losses[0], losses
+
+
+def test_compiles_without_graph_breaks_and_trains_in_bf16_autocast():
+    model = text_model().train()
+    ids, mask = pad([[3, 4, 5, 6], [7, 8, 9, 10, 11, 12, 13]], 12, 0)
+    compiled = torch.compile(model, fullgraph=True)  # fullgraph: a graph break raises
+    out = compiled(ids, attention_mask=mask, labels=ids)
+    out.loss.backward()
+    torch.testing.assert_close(out.logits, model(ids, attention_mask=mask).logits, rtol=1e-4, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = image_model()(torch.randn(2, 3, 32, 32), labels=torch.tensor([1, 2]))
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)

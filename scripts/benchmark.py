@@ -1,0 +1,353 @@
+"""Throughput and memory of this project's Mixer against its peers, side by side on one machine.
+
+For each case it builds every model of the case with the same configuration (timm's `MlpMixer` gets our weights),
+then times inference (forward under no_grad) and a training step (forward + backward + AdamW step). Warm-up first
+(that is where `torch.compile` compiles), then rounds in which every model runs in turn, so that drift on a shared
+machine hits all alike; the median over rounds is reported. Each run also times a large GEMM in the same dtype, and
+every model's achieved FLOP/s (from an analytic count: 2 FLOPs per multiply-add, backward = 2 × forward) is given as
+a fraction of it. Peak memory: `torch.cuda.max_memory_allocated` on CUDA; on the CPU, the rise of the peak resident
+set size of a fresh process over the loaded model, measured in a subprocess per model.
+
+    python scripts/benchmark.py                              # the default cases on the CPU, fp32
+    python scripts/benchmark.py --device cuda --dtype bfloat16 --batch_size 64
+    python scripts/benchmark.py --cases text-128 --models mixer,bert --rounds 3
+
+Writes `<output_dir>/benchmark.json`, `benchmark.md` (the table printed at the end) and `benchmark.png`.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from configuration_mixer import MixerConfig  # noqa: E402
+from modeling_mixer import MixerForImageClassification, MixerForMaskedLM  # noqa: E402
+
+
+@dataclass
+class Case:
+    """One workload: an image Mixer at its image size, or a text Mixer MLM at its full sequence length."""
+
+    name: str
+    config: MixerConfig
+    models: tuple  # which peers run in this case
+
+    @property
+    def modality(self) -> str:
+        return self.config.modality
+
+
+IMAGE_MODELS = ("mixer", "mixer-compiled", "timm", "timm-compiled", "vit")
+TEXT_MODELS = ("mixer", "mixer-compiled", "bert")
+TEXT = dict(modality="text", hidden_size=512, num_hidden_layers=8, tokens_mlp_dim=256, channels_mlp_dim=2048,
+            vocab_size=30522)
+TINY = dict(hidden_size=32, num_hidden_layers=2, tokens_mlp_dim=16, channels_mlp_dim=64)
+CASES = {case.name: case for case in [
+    Case("S/16", MixerConfig.from_variant("S/16", num_labels=1000), IMAGE_MODELS),
+    Case("B/16", MixerConfig.from_variant("B/16", num_labels=1000), IMAGE_MODELS),
+    Case("text-128", MixerConfig(**TEXT, max_position_embeddings=128), TEXT_MODELS),
+    Case("text-512", MixerConfig(**TEXT, max_position_embeddings=512), TEXT_MODELS),
+    # Small enough for the test suite's smoke run.
+    Case("tiny-image", MixerConfig(**TINY, image_size=32, patch_size=8, num_labels=10), IMAGE_MODELS),
+    Case("tiny-text", MixerConfig(**TINY, modality="text", vocab_size=100, max_position_embeddings=16), TEXT_MODELS),
+]}
+DEFAULT_CASES = ["S/16", "B/16", "text-128", "text-512"]
+
+
+def build(case: Case, name: str) -> torch.nn.Module:
+    """The model `name` of `case`, in fp32 on the CPU, in train mode. Peers match width, depth and length."""
+    torch.manual_seed(0)
+    config = case.config
+    base = name.removesuffix("-compiled")
+    if base == "mixer":
+        return (MixerForImageClassification if case.modality == "image" else MixerForMaskedLM)(config)
+    if base == "timm":
+        from timm.models.mlp_mixer import MlpMixer
+
+        model = MlpMixer(
+            num_classes=config.num_labels, img_size=config.image_size, patch_size=config.patch_size,
+            num_blocks=config.num_hidden_layers, embed_dim=config.hidden_size,
+            mlp_ratio=(config.tokens_mlp_dim / config.hidden_size, config.channels_mlp_dim / config.hidden_size),
+        )
+        ours = MixerForImageClassification(config)
+        model.load_state_dict(to_timm(ours.state_dict()))  # the same weights as ours
+        return model
+    if base == "vit":
+        from transformers import ViTConfig, ViTForImageClassification
+
+        return ViTForImageClassification(ViTConfig(
+            hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+            num_attention_heads=max(config.hidden_size // 64, 1), intermediate_size=config.channels_mlp_dim,
+            image_size=config.image_size, patch_size=config.patch_size, num_labels=config.num_labels,
+        ))
+    if base == "bert":
+        from transformers import BertConfig, BertForMaskedLM
+
+        return BertForMaskedLM(BertConfig(
+            vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+            num_attention_heads=max(config.hidden_size // 64, 1), intermediate_size=config.channels_mlp_dim,
+            max_position_embeddings=config.max_position_embeddings, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        ))
+    raise ValueError(f"Unknown model {name!r}; expected one of {', '.join(IMAGE_MODELS + TEXT_MODELS)}.")
+
+
+def to_timm(state_dict: dict) -> dict:
+    renames = [("mixer.embeddings.projection", "stem.proj"), ("mixer.layers.", "blocks."), ("token_norm", "norm1"),
+               ("token_mixing", "mlp_tokens"), ("channel_norm", "norm2"), ("channel_mixing", "mlp_channels"),
+               ("mixer.layernorm", "norm"), ("classifier", "head")]
+    converted = {}
+    for key, value in state_dict.items():
+        for ours, theirs in renames:
+            key = key.replace(ours, theirs)
+        converted[key] = value
+    return converted
+
+
+def forward_flops(case: Case, name: str) -> float:
+    """Multiply-adds × 2 of one forward pass over one sample (image or sequence)."""
+    c = case.config
+    C, layers = c.hidden_size, c.num_hidden_layers
+    if case.modality == "image":
+        S, stem = c.num_tokens, c.num_tokens * C * c.num_channels * c.patch_size**2
+        head = C * c.num_labels
+    else:
+        S, stem, head = c.max_position_embeddings, 0, c.max_position_embeddings * (C * C + C * c.vocab_size)
+    if name.startswith(("mixer", "timm")):
+        layer = S * C * c.tokens_mlp_dim * 2 + S * C * c.channels_mlp_dim * 2
+    else:  # attention: q, k, v, o projections, scores and weighted sum, then the MLP
+        layer = 4 * S * C * C + 2 * S * S * C + 2 * S * C * c.channels_mlp_dim
+        if name == "vit":
+            S += 1  # the class token
+    return 2.0 * (stem + layers * layer + head)
+
+
+def make_inputs(case: Case, batch_size: int, device):
+    c = case.config
+    generator = torch.Generator().manual_seed(0)
+    if case.modality == "image":
+        pixels = torch.randn(batch_size, c.num_channels, c.image_size, c.image_size, generator=generator)
+        return {"pixel_values": pixels.to(device)}, torch.randint(0, c.num_labels, (batch_size,), generator=generator)
+    ids = torch.randint(5, c.vocab_size, (batch_size, c.max_position_embeddings), generator=generator)
+    labels = torch.where(torch.rand(ids.shape, generator=generator) < 0.15, ids, -100)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}, labels
+
+
+def step_fn(model, name, inputs, labels, mode, device, dtype):
+    """A callable that runs one inference or training step of `model`."""
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    labels = labels.to(device)
+    if name.startswith("timm"):
+        def loss_of(out):
+            return torch.nn.functional.cross_entropy(out.float(), labels)
+        call = (lambda: model(inputs["pixel_values"]))
+    else:
+        def loss_of(out):
+            return out.loss
+        call = (lambda: model(**inputs, labels=labels))
+    if mode == "inference":
+        def run():
+            with torch.no_grad(), autocast:
+                call()
+        return run
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def run():
+        with autocast:
+            loss = loss_of(call())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return run
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device, dtype, size=4096 if torch.cuda.is_available() else 2048, repeats=5) -> float:
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    times = []
+    for _ in range(repeats + 1):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times[1:])
+
+
+def prepare(case, name, mode, batch_size, device, dtype, checkpointing=False):
+    model = build(case, name).to(device)
+    model.train(mode == "train")
+    if checkpointing:
+        model.activation_checkpointing_enable()
+    if name.endswith("-compiled"):
+        model = torch.compile(model, fullgraph=not name.startswith("timm"))
+    inputs, labels = make_inputs(case, batch_size, device)
+    return step_fn(model, name, inputs, labels, mode, device, dtype)
+
+
+def time_case(case, names, mode, batch_size, device, dtype, rounds, warmup) -> dict:
+    """Median seconds per step of each model, measured in interleaved rounds."""
+    runs = {name: prepare(case, name, mode, batch_size, device, dtype) for name in names}
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times = {name: [] for name in names}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            synchronize(device)
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_memory(case, name, mode, batch_size, device, dtype, checkpointing=False) -> float:
+    """Bytes that one step needs beyond the loaded model (and, for training, its optimizer state)."""
+    if device.type == "cuda":
+        run = prepare(case, name, mode, batch_size, device, dtype, checkpointing)
+        run()  # creates the optimizer state
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    # On the CPU: in a fresh process whose malloc hands every large block back to the system when it is freed, so
+    # that the resident set follows the live tensors.
+    probe = [sys.executable, __file__, "--_memory_probe",
+             json.dumps([case.name, name, mode, batch_size, str(dtype).removeprefix("torch."), checkpointing])]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    return float(subprocess.run(probe, capture_output=True, text=True, check=True, env=env).stdout.split()[-1])
+
+
+def memory_probe(case_name, name, mode, batch_size, dtype, checkpointing):
+    """Prints the rise of the peak resident set over the resident set before a second step (Linux)."""
+    def kib(field):
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))
+
+    run = prepare(CASES[case_name], name, mode, batch_size, torch.device("cpu"), getattr(torch, dtype), checkpointing)
+    run()  # the first step creates the optimizer state
+    before = kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current resident set
+    run()
+    print((kib("VmHWM") - before) * 1024)
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["case"], r["mode"]) for r in results})
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    for ax, (case, mode) in zip(axes[0], panels):
+        rows = [r for r in results if r["case"] == case and r["mode"] == mode]
+        ax.barh([r["model"] for r in rows], [r["throughput"] for r in rows], color="tab:blue")
+        ax.set_title(f"{case} {mode}", fontsize=9)
+        ax.set_xlabel(rows[0]["unit"], fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    parser.add_argument("--models", default=None, help="comma-separated subset of each case's models")
+    parser.add_argument("--modes", default="inference,train")
+    parser.add_argument("--batch_size", type=int, default=None, help="default: 8 on the CPU, 64 on CUDA")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (autocast); default: fp32 on the CPU, bf16 on CUDA")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--no_memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--checkpointing_case", default="B/16", help="case whose training memory is measured with and "
+                        "without gradient checkpointing ('' to skip)")
+    parser.add_argument("--output_dir", default="benchmark_results")
+    parser.add_argument("--_memory_probe", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._memory_probe:
+        return memory_probe(*json.loads(args._memory_probe))
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    batch_size = args.batch_size or (64 if device.type == "cuda" else 8)
+    unknown = [c for c in args.cases.split(",") if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; expected some of {', '.join(CASES)}")
+    peak = matmul_peak(device, dtype)
+    machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"{machine}; {dtype}; batch {batch_size}; GEMM peak {peak / 1e9:.0f} GFLOP/s", flush=True)
+
+    results = []
+    for case in (CASES[c] for c in args.cases.split(",")):
+        names = [m for m in case.models if args.models is None or m in args.models.split(",")]
+        for mode in args.modes.split(","):
+            seconds = time_case(case, names, mode, batch_size, device, dtype, args.rounds, args.warmup)
+            for name in names:
+                per_sample = forward_flops(case, name) * (3 if mode == "train" else 1)
+                samples_per_s = batch_size / seconds[name]
+                tokens = case.config.max_position_embeddings if case.modality == "text" else 1
+                row = dict(case=case.name, mode=mode, model=name, batch_size=batch_size, seconds_per_step=seconds[name],
+                           throughput=samples_per_s * tokens, unit="tokens/s" if tokens > 1 else "images/s",
+                           tflops=samples_per_s * per_sample / 1e12, fraction_of_peak=samples_per_s * per_sample / peak)
+                if not args.no_memory and not name.endswith("-compiled"):
+                    row["peak_memory_mib"] = peak_memory(case, name, mode, batch_size, device, dtype) / 2**20
+                results.append(row)
+                print(f"{case.name:>10} {mode:>9} {name:>14}: {row['throughput']:10.1f} {row['unit']}, "
+                      f"{100 * row['fraction_of_peak']:5.1f}% of peak", flush=True)
+
+    checkpointing = {}
+    if args.checkpointing_case and not args.no_memory:
+        case = CASES[args.checkpointing_case]
+        for enabled in (False, True):
+            checkpointing[str(enabled)] = peak_memory(case, "mixer", "train", batch_size, device, dtype, enabled) / 2**20
+        print(f"{case.name} training, batch {batch_size}: {checkpointing['False']:.0f} MiB without gradient "
+              f"checkpointing, {checkpointing['True']:.0f} MiB with it", flush=True)
+
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    report = dict(machine=machine, device=device.type, dtype=str(dtype), batch_size=batch_size, torch=torch.__version__,
+                  gemm_peak_flops=peak, results=results, checkpointing_memory_mib=checkpointing)
+    (output / "benchmark.json").write_text(json.dumps(report, indent=2))
+    table = markdown_table(report)
+    (output / "benchmark.md").write_text(table)
+    plot(results, output / "benchmark.png")
+    print("\n" + table)
+
+
+def markdown_table(report) -> str:
+    lines = [f"{report['machine']}, {report['dtype']}, batch {report['batch_size']}, torch {report['torch']}; "
+             f"GEMM peak {report['gemm_peak_flops'] / 1e9:.0f} GFLOP/s\n",
+             "| case | mode | model | throughput | vs. mixer | % of GEMM peak | peak memory (MiB) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        ours = next(o for o in report["results"] if (o["case"], o["mode"], o["model"]) == (r["case"], r["mode"], "mixer"))
+        memory = f"{r['peak_memory_mib']:.0f}" if "peak_memory_mib" in r else ""
+        lines.append(f"| {r['case']} | {r['mode']} | {r['model']} | {r['throughput']:.1f} {r['unit']} | "
+                     f"{r['throughput'] / ours['throughput']:.2f} | {100 * r['fraction_of_peak']:.1f} | {memory} |")
+    if report["checkpointing_memory_mib"]:
+        m = report["checkpointing_memory_mib"]
+        lines.append(f"\nGradient checkpointing, training memory: {m['False']:.0f} MiB → {m['True']:.0f} MiB "
+                     f"({m['True'] / m['False']:.0%}).")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,8 @@ MIXER_AUTO_MAP = {
     "AutoModel": "modeling_mixer.MixerModel",
     "AutoModelForImageClassification": "modeling_mixer.MixerForImageClassification",
     "AutoModelForMaskedLM": "modeling_mixer.MixerForMaskedLM",
+    "AutoModelForSequenceClassification": "modeling_mixer.MixerForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_mixer.MixerForTokenClassification",
 }
 
 

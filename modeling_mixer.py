@@ -1,6 +1,6 @@
 """MLP-Mixer (Tolstikhin et al., 2021, arXiv 2105.01601) as a 🤗 transformers model, for images and for text.
 
-One trunk of Mixer layers serves both modalities; only the embeddings and the pooling differ:
+One trunk of Mixer layers serves both modalities; only the embeddings, the pooling and the heads differ:
 
     image → non-overlapping patches → linear projection ─┐
                                                          ├→ N × MixerLayer → LayerNorm → mean over tokens → head
@@ -20,8 +20,11 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     PreTrainedModel,
     ViTImageProcessor,
+    ViTImageProcessorPil,
 )
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -30,6 +33,8 @@ from transformers.modeling_outputs import (
     BaseModelOutputWithPoolingAndNoAttention,
     ImageClassifierOutputWithNoAttention,
     MaskedLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
 )
 from transformers.utils.generic import can_return_tuple
 
@@ -421,17 +426,94 @@ class MixerForMaskedLM(MixerPreTrainedModel):
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
+class MixerTextClassifier(MixerPreTrainedModel):
+    """What the text classification heads share: a text trunk, dropout and a linear classifier."""
+
+    main_input_name = "input_ids"
+
+    def __init__(self, config: MixerConfig):
+        super().__init__(config)
+        if config.modality != "text":
+            raise ValueError(f"{type(self).__name__} needs modality='text', got {config.modality!r}.")
+        self.num_labels = config.num_labels
+        self.mixer = MixerModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+
+class MixerForSequenceClassification(MixerTextClassifier):
+    """Classifies a whole text from the mean over its real tokens (fine-tuning a Mixer MLM, as one does BERT)."""
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        r"""
+        labels (`torch.Tensor` of shape `(batch_size,)` or `(batch_size, num_labels)`): read according to
+            `config.problem_type`, as for `MixerForImageClassification`.
+        """
+        outputs = self.mixer(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                             output_hidden_states=output_hidden_states)
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class MixerForTokenClassification(MixerTextClassifier):
+    """Classifies every token (tagging, named entities)."""
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`): a class per token, -100 where there
+            is none (padding, continuation pieces of a word), which the loss ignores.
+        """
+        outputs = self.mixer(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                             output_hidden_states=output_hidden_states)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = self.loss_function(logits, labels, self.config, **kwargs) if labels is not None else None
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
 # ---------------------------------------------------------------------------------------------------- registration
 
 AutoConfig.register(MixerConfig.model_type, MixerConfig, exist_ok=True)
 AutoModel.register(MixerConfig, MixerModel, exist_ok=True)
 AutoModelForImageClassification.register(MixerConfig, MixerForImageClassification, exist_ok=True)
 AutoModelForMaskedLM.register(MixerConfig, MixerForMaskedLM, exist_ok=True)
-AutoImageProcessor.register(MixerConfig, image_processor_classes={"torchvision": ViTImageProcessor}, exist_ok=True)
+AutoModelForSequenceClassification.register(MixerConfig, MixerForSequenceClassification, exist_ok=True)
+AutoModelForTokenClassification.register(MixerConfig, MixerForTokenClassification, exist_ok=True)
+AutoImageProcessor.register(
+    MixerConfig, image_processor_classes={"torchvision": ViTImageProcessor, "pil": ViTImageProcessorPil}, exist_ok=True
+)
 # `save_pretrained` copies this file and configuration_mixer.py next to the weights.
 MixerConfig.register_for_auto_class()
 MixerModel.register_for_auto_class("AutoModel")
 MixerForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 MixerForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
+MixerForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+MixerForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
 
-__all__ = ["MixerForImageClassification", "MixerForMaskedLM", "MixerModel", "MixerPreTrainedModel"]
+__all__ = [
+    "MixerForImageClassification",
+    "MixerForMaskedLM",
+    "MixerForSequenceClassification",
+    "MixerForTokenClassification",
+    "MixerModel",
+    "MixerPreTrainedModel",
+]

@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configuration_mixer import MixerConfig  # noqa: E402
 from modeling_mixer import MixerForImageClassification, MixerForMaskedLM  # noqa: E402
+from convert_mixer_checkpoint import to_timm_state_dict  # noqa: E402
 
 
 @dataclass
@@ -78,8 +79,7 @@ def build(case: Case, name: str) -> torch.nn.Module:
             num_blocks=config.num_hidden_layers, embed_dim=config.hidden_size,
             mlp_ratio=(config.tokens_mlp_dim / config.hidden_size, config.channels_mlp_dim / config.hidden_size),
         )
-        ours = MixerForImageClassification(config)
-        model.load_state_dict(to_timm(ours.state_dict()))  # the same weights as ours
+        model.load_state_dict(to_timm_state_dict(MixerForImageClassification(config)))  # the same weights as ours
         return model
     if base == "vit":
         from transformers import ViTConfig, ViTForImageClassification
@@ -99,18 +99,6 @@ def build(case: Case, name: str) -> torch.nn.Module:
             attention_probs_dropout_prob=0.0,
         ))
     raise ValueError(f"Unknown model {name!r}; expected one of {', '.join(IMAGE_MODELS + TEXT_MODELS)}.")
-
-
-def to_timm(state_dict: dict) -> dict:
-    renames = [("mixer.embeddings.projection", "stem.proj"), ("mixer.layers.", "blocks."), ("token_norm", "norm1"),
-               ("token_mixing", "mlp_tokens"), ("channel_norm", "norm2"), ("channel_mixing", "mlp_channels"),
-               ("mixer.layernorm", "norm"), ("classifier", "head")]
-    converted = {}
-    for key, value in state_dict.items():
-        for ours, theirs in renames:
-            key = key.replace(ours, theirs)
-        converted[key] = value
-    return converted
 
 
 def forward_flops(case: Case, name: str) -> float:

@@ -3,12 +3,12 @@
 import os
 import sys
 import tempfile
-from pathlib import Path
+
+from helpers import ROOT
 
 # Set before transformers / huggingface_hub are imported: they read these at import time.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="mixer-tests-hf-home-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the two model files, also when the package is not installed

@@ -1,7 +1,4 @@
 import math
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -16,6 +13,7 @@ from transformers import (
 )
 
 from configuration_mixer import MIXER_VARIANTS, MixerConfig
+from helpers import run_without_package
 from modeling_mixer import MixerForImageClassification, MixerForMaskedLM, MixerModel
 
 TINY_IMAGE = dict(hidden_size=32, num_hidden_layers=2, tokens_mlp_dim=16, channels_mlp_dim=64, image_size=32,
@@ -239,25 +237,6 @@ def test_image_model_round_trip_through_auto_classes(tmp_path):
     assert torch.equal(trunk(pixels).pooler_output, model.mixer(pixels).pooler_output)
 
 
-BLOCK_PACKAGE = """
-import importlib.abc, sys
-class BlockPackage(importlib.abc.MetaPathFinder):  # as on a machine that never installed this project
-    def find_spec(self, name, path=None, target=None):
-        if name in ("configuration_mixer", "modeling_mixer"):
-            raise ModuleNotFoundError(f"No module named {name!r}")
-sys.meta_path.insert(0, BlockPackage())
-"""
-
-
-def run_without_package(code: str) -> str:
-    """Runs `code` in a fresh Python process that cannot import this project; returns its stdout."""
-    result = subprocess.run(
-        [sys.executable, "-c", BLOCK_PACKAGE + textwrap.dedent(code)], capture_output=True, text=True, cwd="/"
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
 @pytest.mark.parametrize(
     "auto_class, build, inputs",
     [
@@ -273,11 +252,6 @@ def test_remote_code_loads_in_a_fresh_process(tmp_path, auto_class, build, input
     model.save_pretrained(tmp_path)
     code = f"""
         import torch, transformers
-        try:
-            import modeling_mixer
-            raise SystemExit("the project is importable")
-        except ModuleNotFoundError:
-            pass
         model = transformers.{auto_class}.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
         assert model.__class__.__module__.startswith("transformers_modules."), model.__class__.__module__
         torch.manual_seed(0)

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 EXAMPLES = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
 

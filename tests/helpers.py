@@ -1,0 +1,40 @@
+"""What several test files share."""
+
+import importlib.util
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BLOCK_PACKAGE = """
+import importlib.abc, sys
+class BlockPackage(importlib.abc.MetaPathFinder):  # as on a machine that never installed this project
+    def find_spec(self, name, path=None, target=None):
+        if name in ("configuration_mixer", "modeling_mixer"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, BlockPackage())
+try:
+    import modeling_mixer
+    sys.exit("the block does not work")
+except ModuleNotFoundError:
+    pass
+"""
+
+
+def run_without_package(code: str) -> str:
+    """Runs `code` in a fresh Python process that cannot import this project; returns its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK_PACKAGE + textwrap.dedent(code)], capture_output=True, text=True, cwd="/"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def import_script(name: str):
+    """A module of scripts/, imported from its file."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

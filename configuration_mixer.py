@@ -14,6 +14,8 @@ MIXER_VARIANTS = {
     "H/14": dict(patch_size=14, hidden_size=1280, tokens_mlp_dim=640, channels_mlp_dim=5120, num_hidden_layers=32),
 }
 
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32
+
 # Written into every saved config.json, so that each Auto class finds its class in the two source files that
 # `save_pretrained` copies next to the weights (`trust_remote_code=True` on a machine without this package).
 MIXER_AUTO_MAP = {
@@ -106,10 +108,12 @@ class MixerConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise ValueError(f"MixerConfig.{name} must be a probability in [0, 1), got {value!r}.")
-        if isinstance(self.layer_norm_eps, bool) or not isinstance(self.layer_norm_eps, (int, float)) or not (
-            self.layer_norm_eps > 0
-        ):
-            raise ValueError(f"MixerConfig.layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}.")
+        eps = self.layer_norm_eps  # below float32's smallest normal number it rounds to 0, and 0 / 0 is NaN
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not FLOAT32_TINY <= eps < float("inf"):
+            raise ValueError(
+                f"MixerConfig.layer_norm_eps must be a positive number that float32 holds (≥ {FLOAT32_TINY:.2g}), "
+                f"got {eps!r}."
+            )
         if self.modality == "image" and self.image_size % self.patch_size:
             raise ValueError(
                 f"MixerConfig.image_size ({self.image_size}) must be a multiple of MixerConfig.patch_size "
@@ -123,6 +127,16 @@ class MixerConfig(PreTrainedConfig):
                     f"MixerConfig.pad_token_id must be None or an id in [0, vocab_size={self.vocab_size}), "
                     f"got {self.pad_token_id!r}."
                 )
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type", cls.model_type) != cls.model_type:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds a config of model type {config_dict['model_type']!r}, not "
+                f"{cls.model_type!r}: it belongs to another architecture."
+            )
+        return config_dict, kwargs
 
     @property
     def num_tokens(self) -> int:

@@ -11,8 +11,10 @@ The image path computes exactly what timm's `MlpMixer` computes, with the same i
 """
 
 import math
+import os
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -52,20 +54,11 @@ class MixerPatchEmbeddings(nn.Module):
 
     def __init__(self, config: MixerConfig):
         super().__init__()
-        self.config = config
         self.projection = nn.Conv2d(
             config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
         )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
-        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(
-                f"pixel_values must have shape (batch_size, {', '.join(map(str, expected))}) for this Mixer "
-                f"(num_channels={expected[0]}, image_size={expected[1]}), got {tuple(pixel_values.shape)}. "
-                "The token-mixing MLPs are sized for a fixed number of patches: resize the images with the "
-                "model's image processor."
-            )
         pixel_values = pixel_values.to(self.projection.weight.dtype)
         return self.projection(pixel_values).flatten(2).transpose(1, 2)  # (batch, patches, channels), row-major
 
@@ -187,6 +180,53 @@ class MixerPreTrainedModel(PreTrainedModel):
                 init.xavier_uniform_(module.weight)
                 init.normal_(module.bias, std=1e-6)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, use_safetensors=None,
+                        ignore_mismatched_sizes=False, output_loading_info=False, **kwargs):
+        """
+        `PreTrainedModel.from_pretrained`, stricter about what it trusts and what it half-loads: weights come from
+        safetensors unless `use_safetensors=False` (unpickling a `.bin` file can run code); an unreadable weights
+        file, weights of other shapes, or a checkpoint that lacks part of the trunk raise an error instead of a
+        warning and freshly initialised weights. (A new head, as for fine-tuning, is initialised as usual.)
+        """
+        source = str(pretrained_model_name_or_path)
+        if use_safetensors is None:
+            files = os.listdir(source) if os.path.isdir(source) else []
+            if files and not any(f.endswith(".safetensors") for f in files) and any(f.endswith(".bin") for f in files):
+                raise OSError(
+                    f"{source} holds only pickle weights ({', '.join(f for f in files if f.endswith('.bin'))}). "
+                    "Unpickling can run arbitrary code, so this model loads safetensors only: pass "
+                    "use_safetensors=False if you trust the checkpoint, or convert it to safetensors."
+                )
+            use_safetensors = True
+        try:
+            model, info = super().from_pretrained(
+                source, *args, use_safetensors=use_safetensors, ignore_mismatched_sizes=True,
+                output_loading_info=True, **kwargs,
+            )
+        except SafetensorError as error:
+            raise OSError(f"The safetensors weights of {source} cannot be read ({error}): the file is truncated or corrupt.") from error
+        problems = [f"missing from the checkpoint: {key}" for key in sorted(info["missing_keys"])
+                    if key.startswith(f"{cls.base_model_prefix}.") or not hasattr(model, cls.base_model_prefix)]
+        if not ignore_mismatched_sizes:
+            problems += [f"{key}: {tuple(found)} in the checkpoint, {tuple(expected)} in the model"
+                         for key, found, expected in sorted(info["mismatched_keys"])]
+        if problems:
+            more = f"\n  ... {len(problems) - 10} more" if len(problems) > 10 else ""
+            raise ValueError(f"The weights in {source} do not fit {cls.__name__} ({model.config.model_type}):\n  "
+                             + "\n  ".join(problems[:10]) + more)
+        return (model, info) if output_loading_info else model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, refusing weights that hold NaN or inf (a diverged run)."""
+        state_dict = kwargs.get("state_dict") or self.state_dict()
+        broken = [key for key, value in state_dict.items()
+                  if value.is_floating_point() and value.device.type != "meta" and not torch.isfinite(value).all()]
+        if broken:
+            raise ValueError(f"Not saving to {save_directory}: NaN or inf in {', '.join(broken[:8])}"
+                             f"{f' and {len(broken) - 8} more' if len(broken) > 8 else ''}. The training diverged.")
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @torch.no_grad()
     def resize_token_mixing(self, image_size: int):
         """
@@ -252,32 +292,77 @@ class MixerModel(MixerPreTrainedModel):
         else:
             self.embeddings.word_embeddings = value
 
-    def _embed(self, pixel_values, input_ids, inputs_embeds) -> torch.Tensor:
-        """Checks that the inputs fit this model's modality and returns the token embeddings."""
-        given = [name for name, value in [("pixel_values", pixel_values), ("input_ids", input_ids),
-                                          ("inputs_embeds", inputs_embeds)] if value is not None]
-        if self.config.modality == "image":
-            if given != ["pixel_values"]:
-                raise ValueError(f"This Mixer is an image model (modality='image'): pass pixel_values only, got {given}.")
-            return self.embeddings(pixel_values)
-        if given not in (["input_ids"], ["inputs_embeds"]):
+    def _check_inputs(self, pixel_values, input_ids, attention_mask, inputs_embeds):
+        """Raises a ValueError or TypeError that says what was expected and what came, before torch would fail."""
+        config = self.config
+        given = {name: value for name, value in [("pixel_values", pixel_values), ("input_ids", input_ids),
+                 ("attention_mask", attention_mask), ("inputs_embeds", inputs_embeds)] if value is not None}
+        for name, value in given.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}.")
+        inputs = [name for name in given if name != "attention_mask"]
+        if config.modality == "image":
+            if inputs != ["pixel_values"] or attention_mask is not None:
+                raise ValueError(f"This Mixer is an image model (modality='image'): pass pixel_values only, got {list(given)}.")
+            expected = (config.num_channels, config.image_size, config.image_size)
+            if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+                raise ValueError(
+                    f"pixel_values must have shape (batch_size, {', '.join(map(str, expected))}) for this Mixer "
+                    f"(num_channels={expected[0]}, image_size={expected[1]}), got {tuple(pixel_values.shape)}. The "
+                    "token-mixing MLPs are sized for a fixed number of patches: resize the images with the model's "
+                    "image processor."
+                )
+            if not pixel_values.is_floating_point():
+                raise TypeError(f"pixel_values must be floating point (normalised images), got {pixel_values.dtype}.")
+            return
+        if inputs not in (["input_ids"], ["inputs_embeds"]):
             raise ValueError(
                 f"This Mixer is a text model (modality='text'): pass input_ids or inputs_embeds (one of them), "
-                f"got {given}."
+                f"got {inputs}."
             )
-        embeddings = self.embeddings(input_ids) if input_ids is not None else inputs_embeds
-        if embeddings.dim() != 3 or embeddings.shape[-1] != self.config.hidden_size:
-            raise ValueError(
-                f"input_ids must have shape (batch_size, sequence_length) and inputs_embeds (batch_size, "
-                f"sequence_length, {self.config.hidden_size}), got {tuple((input_ids if input_ids is not None else inputs_embeds).shape)}."
+        if input_ids is not None and (input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32)):
+            raise TypeError(
+                f"input_ids must be int64 or int32 token ids of shape (batch_size, sequence_length), got "
+                f"{input_ids.dtype} of shape {tuple(input_ids.shape)}."
             )
-        if embeddings.shape[1] > self.config.max_position_embeddings:
+        if inputs_embeds is not None and (inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size
+                                          or not inputs_embeds.is_floating_point()):
             raise ValueError(
-                f"The sequence has {embeddings.shape[1]} tokens, more than this Mixer's max_position_embeddings "
-                f"({self.config.max_position_embeddings}), the width of its token-mixing MLPs. Truncate the input "
+                f"inputs_embeds must be floating point of shape (batch_size, sequence_length, {config.hidden_size}), "
+                f"got {inputs_embeds.dtype} of shape {tuple(inputs_embeds.shape)}."
+            )
+        shape = tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
+        if shape[1] == 0:
+            raise ValueError("The sequences are empty (0 tokens): a Mixer needs at least one token.")
+        if shape[1] > config.max_position_embeddings:
+            raise ValueError(
+                f"The sequence has {shape[1]} tokens, more than this Mixer's max_position_embeddings "
+                f"({config.max_position_embeddings}), the width of its token-mixing MLPs. Truncate the input "
                 "(for example with the tokenizer's truncation=True and max_length)."
             )
-        return embeddings
+        if attention_mask is not None and tuple(attention_mask.shape) != shape:
+            raise ValueError(
+                f"attention_mask must have shape (batch_size, sequence_length) = {shape}, got "
+                f"{tuple(attention_mask.shape)}."
+            )
+
+    def _check_values(self, pixel_values, input_ids, attention_mask, inputs_embeds):
+        """The checks that read the data (eager mode only: a compiled graph keeps no data-dependent branches)."""
+        for name, value in [("pixel_values", pixel_values), ("inputs_embeds", inputs_embeds)]:
+            if value is not None and not torch.isfinite(value).all():
+                raise ValueError(f"{name} holds NaN or infinite values.")
+        if input_ids is not None and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            raise ValueError(
+                f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), got values from "
+                f"{input_ids.min().item()} to {input_ids.max().item()}."
+            )
+        if attention_mask is not None:
+            if not ((attention_mask == 0) | (attention_mask == 1)).all():
+                raise ValueError("attention_mask must hold only 0 (padding) and 1 (real tokens).")
+            # The token-mixing weights are position-specific: the real tokens must sit at the positions they had
+            # without padding, so the padding comes after them.
+            if (attention_mask[:, 1:] > attention_mask[:, :-1]).any():
+                raise ValueError("attention_mask has padding before real tokens: pad on the right (padding_side='right').")
 
     @can_return_tuple
     def forward(
@@ -300,17 +385,14 @@ class MixerModel(MixerPreTrainedModel):
         """
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        hidden_states = self._embed(pixel_values, input_ids, inputs_embeds)
-        padding_mask = None
-        if attention_mask is not None:
-            if self.config.modality == "image":
-                raise ValueError("attention_mask is for text; an image Mixer has no padding.")
-            if tuple(attention_mask.shape) != tuple(hidden_states.shape[:2]):
-                raise ValueError(
-                    f"attention_mask must have shape (batch_size, sequence_length) = {tuple(hidden_states.shape[:2])}, "
-                    f"got {tuple(attention_mask.shape)}."
-                )
-            padding_mask = attention_mask[..., None].to(hidden_states.dtype)  # (batch, tokens, 1)
+        self._check_inputs(pixel_values, input_ids, attention_mask, inputs_embeds)
+        if not torch.compiler.is_compiling():
+            self._check_values(pixel_values, input_ids, attention_mask, inputs_embeds)
+        if pixel_values is not None:
+            hidden_states = self.embeddings(pixel_values)
+        else:
+            hidden_states = self.embeddings(input_ids) if input_ids is not None else inputs_embeds.to(self.dtype)
+        padding_mask = None if attention_mask is None else attention_mask[..., None].to(hidden_states.dtype)
 
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:

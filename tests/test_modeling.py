@@ -198,8 +198,24 @@ def test_wrong_inputs_raise_clear_errors():
         texts(torch.ones(1, 13, dtype=torch.long))
     with pytest.raises(ValueError, match=r"attention_mask must have shape .* = \(2, 5\), got \(2, 6\)"):
         texts(torch.ones(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 6))
-    with pytest.raises(ValueError, match=r"inputs_embeds \(batch_size, sequence_length, 32\), got \(1, 4, 31\)"):
+    with pytest.raises(ValueError, match=r"inputs_embeds must be .* \(batch_size, sequence_length, 32\), got torch.float32 of shape \(1, 4, 31\)"):
         texts(inputs_embeds=torch.randn(1, 4, 31))
+    with pytest.raises(TypeError, match=r"input_ids must be int64 or int32 token ids .* got torch.float32 of shape \(1, 4\)"):
+        texts(torch.ones(1, 4))
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, vocab_size=50\), got values from 0 to 50"):
+        texts(torch.tensor([[0, 50]]))
+    with pytest.raises(ValueError, match="attention_mask must hold only 0 \\(padding\\) and 1"):
+        texts(torch.ones(1, 4, dtype=torch.long), attention_mask=torch.tensor([[1, 1, 0.5, 0]]))
+    with pytest.raises(ValueError, match="padding before real tokens: pad on the right"):
+        texts(torch.ones(1, 4, dtype=torch.long), attention_mask=torch.tensor([[0, 1, 1, 1]]))
+    with pytest.raises(ValueError, match="pixel_values holds NaN or infinite values"):
+        images(torch.full((1, 3, 32, 32), float("nan")))
+    with pytest.raises(TypeError, match="pixel_values must be floating point .* got torch.uint8"):
+        images(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="pixel_values must be a torch.Tensor, got ndarray"):
+        images(torch.zeros(1, 3, 32, 32).numpy())
+    with pytest.raises(ValueError, match=r"image model \(modality='image'\): pass pixel_values only, got \['pixel_values', 'attention_mask'\]"):
+        images.mixer(pixel_values=torch.zeros(1, 3, 32, 32), attention_mask=torch.ones(1, 16))
     with pytest.raises(ValueError, match="MixerForMaskedLM needs modality='text', got 'image'"):
         MixerForMaskedLM(MixerConfig(**TINY_IMAGE))
     with pytest.raises(ValueError, match="MixerForImageClassification needs modality='image', got 'text'"):

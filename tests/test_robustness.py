@@ -1,0 +1,200 @@
+"""Safe loading, hostile configs and inputs (property-based), NaN handling, bf16 numerics."""
+
+import json
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
+
+from configuration_mixer import MixerConfig
+from modeling_mixer import MixerForImageClassification, MixerForMaskedLM, MixerModel
+from test_modeling import TINY_IMAGE, TINY_TEXT, image_model, text_model
+
+PROJECT_FILES = {"configuration_mixer.py", "modeling_mixer.py"}
+
+
+def raised_here(error: BaseException) -> bool:
+    """Whether `error` was raised by this project's code, not from deep inside torch or transformers."""
+    return Path(traceback.extract_tb(error.__traceback__)[-1].filename).name in PROJECT_FILES
+
+
+# ------------------------------------------------------------------------------------------------ safe loading
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = text_model()
+    model.save_pretrained(tmp_path)
+    return model, tmp_path
+
+
+def test_pickle_only_checkpoint_is_refused_unless_the_user_opts_in(saved):
+    model, folder = saved
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, folder / "pytorch_model.bin")
+    with pytest.raises(OSError, match=r"holds only pickle weights \(pytorch_model.bin\)\. Unpickling can run arbitrary"
+                                      r" code.*use_safetensors=False"):
+        MixerForMaskedLM.from_pretrained(folder)
+    trusted = MixerForMaskedLM.from_pretrained(folder, use_safetensors=False)
+    ids = torch.randint(1, 50, (1, 12))
+    assert torch.equal(trusted(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_weights_file_is_named(saved, damage):
+    _, folder = saved
+    path = folder / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a safetensors file")
+    with pytest.raises(OSError, match=rf"The safetensors weights of {folder} cannot be read .*truncated or corrupt"):
+        AutoModelForMaskedLM.from_pretrained(folder)
+
+
+def test_config_of_another_model_type_is_refused(tmp_path):
+    BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"holds a config of model type 'bert', not 'mlp-mixer'"):
+        MixerForMaskedLM.from_pretrained(tmp_path)
+
+
+def test_weights_of_other_shapes_or_missing_trunk_weights_stop_loading(saved, tmp_path):
+    _, folder = saved
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "channels_mlp_dim": 48}))
+    with pytest.raises(ValueError, match=r"do not fit MixerForMaskedLM.*\n  mixer\.layers\.0\.channel_mixing\.fc1\."
+                                         r"bias: \(64,\) in the checkpoint, \(48,\) in the model"):
+        MixerForMaskedLM.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps(config))
+    weights = load_file(folder / "model.safetensors")
+    del weights["mixer.layers.1.token_mixing.fc2.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"missing from the checkpoint: mixer\.layers\.1\.token_mixing\.fc2\.weight"):
+        MixerForMaskedLM.from_pretrained(folder)
+    with pytest.raises(ValueError, match=r"missing from the checkpoint: layers\.1\.token_mixing\.fc2\.weight"):
+        MixerModel.from_pretrained(folder)
+
+
+def test_diverged_weights_are_not_saved(tmp_path):
+    model = image_model()
+    with torch.no_grad():
+        model.mixer.layers[1].channel_mixing.fc1.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or inf in mixer\.layers\.1\.channel_mixing\.fc1\.weight.*diverged"):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+# ------------------------------------------------------------------------------------------------ hostile configs
+
+SIZES = {  # always given, small: every valid config is cheap to run
+    "hidden_size": st.integers(1, 8), "num_hidden_layers": st.integers(1, 3), "tokens_mlp_dim": st.integers(1, 8),
+    "channels_mlp_dim": st.integers(1, 8), "image_size": st.sampled_from([4, 8, 12, 16]),
+    "patch_size": st.sampled_from([1, 2, 4, 8]), "vocab_size": st.integers(1, 9), "max_position_embeddings": st.integers(1, 6),
+}
+OTHERS = {
+    "num_channels": st.integers(1, 3), "pad_token_id": st.one_of(st.none(), st.integers(0, 9)),
+    "hidden_act": st.sampled_from(["gelu", "gelu_pytorch_tanh", "relu", "nope"]),
+    "modality": st.sampled_from(["image", "text", "audio"]), "layer_norm_eps": st.floats(0, 1e-3),
+    "hidden_dropout_prob": st.floats(0, 1.5), "drop_path_rate": st.floats(0, 1.5),
+}
+# Now and then an odd value: zero or negative, a string, a bool, NaN, a list.
+ODD_VALUES = st.one_of(st.integers(-2, 0), st.text(max_size=3), st.booleans(), st.floats(allow_nan=True),
+                       st.lists(st.integers(), max_size=2))
+
+
+def mostly(values):
+    return st.integers(0, 11).flatmap(lambda draw: ODD_VALUES if draw == 0 else values)  # odd one time in 12
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.fixed_dictionaries({name: mostly(values) for name, values in SIZES.items()},
+                             optional={name: mostly(values) for name, values in OTHERS.items()}))
+def test_every_config_is_refused_clearly_or_runs(kwargs):
+    try:
+        config = MixerConfig(**kwargs)
+    except (ValueError, TypeError) as error:
+        assert raised_here(error), error
+        event("refused")
+        return
+    event(f"valid {config.modality}")
+    model = (MixerForImageClassification if config.modality == "image" else MixerForMaskedLM)(config).train()
+    if config.modality == "image":
+        out = model(torch.randn(2, config.num_channels, config.image_size, config.image_size), labels=torch.tensor([0, 1]))
+    else:
+        ids = torch.randint(0, config.vocab_size, (2, config.max_position_embeddings))
+        out = model(ids, labels=ids)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+
+
+# ------------------------------------------------------------------------------------------------ hostile inputs
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.int64, torch.int32, torch.uint8, torch.bool]
+IMAGE = MixerModel(MixerConfig(**TINY_IMAGE)).eval()
+TEXT = MixerModel(MixerConfig(**TINY_TEXT)).eval()
+
+
+@st.composite
+def model_inputs(draw):
+    """Inputs for IMAGE or TEXT: mostly of the right kind, shape and dtype, often a step away from it."""
+    def mostly(right, anything):  # the right choice three times in four
+        return draw(st.sampled_from(right)) if draw(st.integers(0, 3)) else draw(st.sampled_from(anything))
+
+    modality = draw(st.sampled_from(["image", "text"]))
+    arguments = ["pixel_values", "input_ids", "inputs_embeds"]
+    argument = mostly(["pixel_values"] if modality == "image" else ["input_ids", "inputs_embeds"], arguments)
+    batch, length = draw(st.integers(0, 3)), draw(st.integers(0, 14))
+    shape = {"pixel_values": [batch, 3, 32, 32], "input_ids": [batch, length], "inputs_embeds": [batch, length, 32]}[argument]
+    change = mostly(["none"], ["drop a dim", "add a dim", "change a dim"])
+    if change == "drop a dim":
+        del shape[draw(st.integers(0, len(shape) - 1))]
+    elif change == "add a dim":
+        shape.insert(draw(st.integers(0, len(shape))), draw(st.integers(0, 3)))
+    elif change == "change a dim":
+        dim = draw(st.integers(0, len(shape) - 1))
+        shape[dim] = max(shape[dim] + draw(st.sampled_from([-1, 1])), 0)
+    dtypes = [torch.float32, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool]
+    dtype = mostly([torch.int64, torch.int32] if argument == "input_ids" else [torch.float32, torch.bfloat16], dtypes)
+    fill = mostly([0.0, 1.0, 7.0, -3.0], [50.0, -1.0, float("nan"), float("inf")])
+    kwargs = {argument: torch.full(shape, fill).to(dtype)}
+    if draw(st.booleans()):  # a right-padded mask, maybe of the wrong length, maybe with odd values
+        real = draw(st.integers(0, length))
+        mask = [mostly([1], [1, 2])] * real + [0] * (length - real + mostly([0], [1, -1]))
+        kwargs["attention_mask"] = torch.tensor(mask, dtype=torch.long).expand(batch, -1)
+    return modality, kwargs
+
+
+@settings(max_examples=200, deadline=None)
+@given(model_inputs())
+def test_every_input_is_refused_clearly_or_runs(inputs):
+    modality, kwargs = inputs
+    try:
+        out = (IMAGE if modality == "image" else TEXT)(**kwargs)
+    except (ValueError, TypeError) as error:
+        assert raised_here(error), "".join(traceback.format_exception(error))
+        event("refused")
+        return
+    event(f"ran: {modality}")
+    assert torch.isfinite(out.last_hidden_state).all() and torch.isfinite(out.pooler_output).all()
+
+
+# ------------------------------------------------------------------------------------------------ mixed precision
+
+
+def test_bf16_loading_keeps_layer_norm_sound(tmp_path):
+    model = image_model()
+    torch.nn.init.normal_(model.classifier.weight, std=0.5)
+    model.save_pretrained(tmp_path)
+    bf16 = MixerForImageClassification.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert bf16.mixer.layernorm.weight.dtype == torch.bfloat16
+    pixels = torch.randn(8, 3, 32, 32)
+    reference = model(pixels).logits
+    logits = bf16(pixels).logits.float()
+    # bf16 keeps 8 bits of mantissa: 2^-8 relative per rounding; a few layers stay within 5% of the logits' scale.
+    assert (logits - reference).abs().max() <= 0.05 * reference.abs().max()
+    assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.75

@@ -160,6 +160,10 @@ class MixerPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["MixerLayer"]
     _can_compile_fullgraph = True
 
+    def __init__(self, config: MixerConfig, *inputs, **kwargs):
+        super().__init__(config, *inputs, **kwargs)
+        self.add_model_tags("mlp-mixer")  # in the model card that `push_to_hub` and `Trainer.push_to_hub` write
+
     def _init_weights(self, module):
         """
         timm's scheme: xavier-uniform linears with 1e-6 normal biases, a LeCun-normal stem, a zero classifier. It

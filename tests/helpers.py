@@ -23,10 +23,13 @@ except ModuleNotFoundError:
 """
 
 
-def run_without_package(code: str) -> str:
-    """Runs `code` in a fresh Python process that cannot import this project; returns its stdout."""
+def run_without_package(code: str, env: dict | None = None) -> str:
+    """
+    Runs `code` in a fresh Python process that cannot import this project; returns its stdout. `env`: the process's
+    whole environment (default: this one's).
+    """
     result = subprocess.run(
-        [sys.executable, "-c", BLOCK_PACKAGE + textwrap.dedent(code)], capture_output=True, text=True, cwd="/"
+        [sys.executable, "-c", BLOCK_PACKAGE + textwrap.dedent(code)], capture_output=True, text=True, cwd="/", env=env
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout

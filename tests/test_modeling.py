@@ -48,6 +48,7 @@ def test_every_variant_runs_with_its_shapes(variant):
 
 
 def test_init_follows_timm():
+    torch.manual_seed(0)
     model = MixerForImageClassification(MixerConfig.from_variant("S/32", num_hidden_layers=2, num_labels=10))
     assert not model.classifier.weight.any() and not model.classifier.bias.any()
     stem = model.mixer.embeddings.projection.weight
@@ -57,7 +58,7 @@ def test_init_follows_timm():
     for mlp in (model.mixer.layers[1].token_mixing, model.mixer.layers[1].channel_mixing):
         for linear in (mlp.fc1, mlp.fc2):
             bound = math.sqrt(6 / sum(linear.weight.shape))  # xavier uniform
-            assert linear.weight.abs().max().item() <= bound
+            assert linear.weight.abs().max().item() <= bound * (1 + 1e-6)  # float32 rounding of the bound
             assert linear.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.03)
             assert 0 < linear.bias.std().item() < 2e-6
     norm = model.mixer.layers[0].token_norm

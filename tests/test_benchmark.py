@@ -12,7 +12,7 @@ import benchmark  # noqa: E402
 def test_benchmark_harness_writes_its_reports(tmp_path):
     benchmark.main([
         "--cases", "tiny-image,tiny-text", "--models", "mixer,timm,bert", "--modes", "inference,train",
-        "--rounds", "2", "--warmup", "1", "--batch_size", "4", "--checkpointing_case", "tiny-image",
+        "--rounds", "2", "--warmup", "1", "--batch_size", "4", "--checkpointing_case", "tiny-image", "--checkpointing_batch_size", "4",
         "--output_dir", str(tmp_path),
     ])
     report = json.loads((tmp_path / "benchmark.json").read_text())

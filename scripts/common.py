@@ -1,0 +1,105 @@
+"""What run_mlm.py and run_image_classification.py share: logging, config overrides, the accuracy metric, the run."""
+
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import datasets
+import evaluate
+import transformers
+
+logger = logging.getLogger(__name__)
+LOCAL_METRICS = Path(__file__).resolve().parent / "metrics"
+
+
+def setup_logging(training_args):
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    for module_logger in (logger, logging.getLogger("__main__")):
+        module_logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    # Every rank says who it is: the 2-process tests look for both lines.
+    logger.warning(
+        f"Process rank: {training_args.process_index}, world size: {training_args.world_size}, "
+        f"device: {training_args.device}, distributed training: {training_args.parallel_mode.value != 'not_parallel'}"
+    )
+
+
+def load_metric(name: str = "accuracy"):
+    """
+    `evaluate.load(name)` from the Hub, or the copy of the Hub's module shipped under scripts/metrics/ when the Hub
+    is unreachable (or HF_HUB_OFFLINE=1, when it is not tried at all).
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on"):
+        try:
+            return evaluate.load(name)
+        except Exception as error:  # no network, no Hub: fall back to the local module
+            logger.info(f"evaluate.load({name!r}) from the Hub failed ({type(error).__name__}); using the local copy.")
+    return evaluate.load(str(LOCAL_METRICS / name))
+
+
+def parse_config_overrides(config_class, overrides: str | None) -> dict:
+    """
+    "hidden_size=256,hidden_act=gelu" → {"hidden_size": 256, "hidden_act": "gelu"}, typed like the fields of
+    `config_class` (as `PreTrainedConfig.update_from_string`, which also rejects unknown keys).
+    """
+    if not overrides:
+        return {}
+    probe = config_class()
+    try:
+        probe.update_from_string(overrides)
+    except ValueError as error:
+        raise ValueError(f"Bad --config_overrides {overrides!r} for {config_class.__name__}: {error}") from error
+    return {key: getattr(probe, key) for key in (item.split("=")[0] for item in overrides.split(","))}
+
+
+def load_dataset_or_explain(*args, hint: str = "", **kwargs):
+    """`datasets.load_dataset`, whose failure names what was asked for and what else could be given."""
+    try:
+        return datasets.load_dataset(*args, **kwargs)
+    except Exception as error:
+        what = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items() if v is not None])
+        raise ValueError(f"Could not load the dataset ({what}): {type(error).__name__}: {error}. {hint}") from error
+
+
+def check_column(dataset, column: str, option: str):
+    if column not in dataset.column_names:
+        raise ValueError(
+            f"The dataset has no column {column!r} (its columns: {', '.join(dataset.column_names)}); "
+            f"name the right one with {option}."
+        )
+
+
+def train_evaluate_save(trainer, training_args, train_dataset, eval_dataset, card_kwargs, extra_eval=None,
+                        perplexity=False):
+    """Trains, saves model and processor (and trainer_state.json), evaluates, pushes to the Hub or writes the card."""
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()  # the model and the processing class (tokenizer or image processor)
+        metrics = train_result.metrics
+        metrics["train_samples"] = len(train_dataset)
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+    results = {}
+    if training_args.do_eval:
+        for prefix, dataset in [("eval", eval_dataset), *(extra_eval or {}).items()]:
+            metrics = trainer.evaluate(dataset, metric_key_prefix=prefix)
+            metrics[f"{prefix}_samples"] = len(dataset)
+            if perplexity:
+                metrics[f"{prefix}_perplexity"] = math.exp(min(metrics[f"{prefix}_loss"], 700))  # no overflow
+            trainer.log_metrics(prefix, metrics)
+            trainer.save_metrics(prefix, metrics)
+            results.update(metrics)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card_kwargs)
+    else:
+        trainer.create_model_card(**card_kwargs)
+    return results

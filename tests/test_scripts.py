@@ -212,3 +212,12 @@ def test_mlm_on_two_cpu_processes(tmp_path):
     model = AutoModelForMaskedLM.from_pretrained(output_dir)
     assert type(model).__name__ == "MixerForMaskedLM"
     assert pipeline("fill-mask", model=str(output_dir))("To be or not to b[MASK]", top_k=1)[0]["token_str"]
+
+
+def test_mlm_trains_in_bf16_without_nan(tmp_path):
+    results = run_mlm.main(TINY_MLM + ["--output_dir", str(tmp_path), "--max_steps", "20", "--bf16", "true"])
+    train_losses = losses(tmp_path)
+    assert all(math.isfinite(loss) for loss in train_losses) and train_losses[-1] < train_losses[0], train_losses
+    assert math.isfinite(results["eval_loss"])
+    model = AutoModelForMaskedLM.from_pretrained(tmp_path)  # saved: its weights are finite (save_pretrained checks)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

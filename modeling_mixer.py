@@ -265,7 +265,7 @@ class MixerPreTrainedModel(PreTrainedModel):
             fc1.out_features, fc1.in_features = fc1.weight.shape
             fc2.out_features, fc2.in_features = fc2.weight.shape
         tokens_mlp_dim = config.tokens_mlp_dim * k**2
-        for cfg in (config, mixer.config, mixer.embeddings.config):  # one object, unless a caller split them
+        for cfg in (config, mixer.config):  # one object, unless a caller split them
             cfg.image_size, cfg.tokens_mlp_dim = image_size, tokens_mlp_dim
         return self
 

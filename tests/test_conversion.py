@@ -303,7 +303,9 @@ def test_resize_token_mixing_tiles_the_image(tmp_path):
     model = randomize_(MixerForImageClassification(config))
     resized = copy.deepcopy(model).resize_token_mixing(448)
     assert (resized.config.image_size, resized.config.tokens_mlp_dim, resized.config.num_tokens) == (448, 128, 784)
-    assert resized.mixer.embeddings.config.image_size == 448
+    resized(torch.randn(1, 3, 448, 448))  # the model takes the new size
+    with pytest.raises(ValueError, match=r"got \(1, 3, 224, 224\)"):
+        resized(torch.randn(1, 3, 224, 224))
     image = pixels()
     with torch.no_grad():
         small = model(image, output_hidden_states=True)

@@ -1,4 +1,4 @@
-"""What run_mlm.py and run_image_classification.py share: logging, config overrides, the accuracy metric, the run."""
+"""What the training scripts share: logging, config overrides, the metrics, loading data, the run and its card."""
 
 import logging
 import math
@@ -9,6 +9,9 @@ from pathlib import Path
 import datasets
 import evaluate
 import transformers
+
+from configuration_mixer import MixerConfig
+from model_card import write_model_card
 
 logger = logging.getLogger(__name__)
 LOCAL_METRICS = Path(__file__).resolve().parent / "metrics"
@@ -100,6 +103,11 @@ def train_evaluate_save(trainer, training_args, train_dataset, eval_dataset, car
             results.update(metrics)
     if training_args.push_to_hub:
         trainer.push_to_hub(**card_kwargs)
+        if trainer.model.config.model_type == MixerConfig.model_type:  # a baseline keeps Trainer's card
+            # Trainer.push_to_hub rewrote README.md: the Mixer's card (tags, results, usage snippet) goes after it.
+            card = write_model_card(training_args.output_dir, trainer.hub_model_id, card_kwargs["tasks"],
+                                    metrics=results, dataset=card_kwargs.get("dataset_tags"))
+            card.push_to_hub(trainer.hub_model_id, token=training_args.hub_token)
     else:
         trainer.create_model_card(**card_kwargs)
     return results

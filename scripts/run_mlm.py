@@ -15,6 +15,7 @@ Every `TrainingArguments` flag works (`--learning_rate`, `--max_steps`, `--push_
 """
 
 import functools
+import hashlib
 import importlib.metadata
 import logging
 import re
@@ -23,6 +24,7 @@ from itertools import chain
 from pathlib import Path
 
 import numpy as np
+import torch
 from datasets import Dataset, DatasetDict
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
@@ -225,12 +227,24 @@ def group_texts(examples, indices, tokenizer, block_size: int, short_seq_probabi
 
 
 class DataCollatorForMaskedLM(DataCollatorForLanguageModeling):
-    """Masks training blocks at random on each pass; evaluation blocks come masked once for all (with labels)."""
+    """
+    Masks training blocks at random on each pass; evaluation blocks come masked once for all (with labels).
+
+    A batch's masks are drawn from a generator seeded by `seed` and the batch's tokens, not from the global RNG: a
+    run resumed from a checkpoint masks every batch as the uninterrupted run did. (On resuming, the Trainer draws the
+    first batch before it restores the saved RNG state, and that state was saved after the next batch had been
+    prefetched.) Batches differ from pass to pass (they are shuffled), and so do their masks.
+    """
 
     def torch_call(self, examples):
         if "labels" in examples[0]:
             return self.tokenizer.pad(examples, return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of)
         return super().torch_call(examples)
+
+    def torch_mask_tokens(self, inputs, special_tokens_mask=None, offset_mapping=None):
+        key = hashlib.blake2b(f"{self.seed}:".encode() + inputs.numpy().tobytes(), digest_size=8).digest()
+        self.generator = torch.Generator().manual_seed(int.from_bytes(key, "little"))
+        return super().torch_mask_tokens(inputs, special_tokens_mask, offset_mapping)
 
 
 def mask_once(batch, collator):
@@ -343,7 +357,8 @@ def main(argv=None):
         train_dataset=train_dataset if training_args.do_train else None,
         eval_dataset=eval_dataset if training_args.do_eval else None,
         processing_class=tokenizer,
-        data_collator=DataCollatorForMaskedLM(tokenizer, mlm_probability=data_args.mlm_probability),
+        data_collator=DataCollatorForMaskedLM(tokenizer, mlm_probability=data_args.mlm_probability,
+                                             seed=training_args.seed),
         compute_metrics=compute_metrics if training_args.do_eval else None,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if training_args.do_eval else None,
     )

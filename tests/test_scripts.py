@@ -4,11 +4,14 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModelForImageClassification, AutoModelForMaskedLM, AutoTokenizer
 from transformers import pipeline
 
@@ -192,6 +195,57 @@ def test_local_accuracy_metric_matches_the_hubs():
     multilabel = evaluate.load(str(common.LOCAL_METRICS / "accuracy"), "multilabel")
     assert multilabel.compute(predictions=[[1, 0], [1, 1], [0, 1]], references=[[1, 0], [1, 1], [1, 1]]) == {
         "accuracy": 2 / 3}
+
+
+# run_mlm.py with a callback that holds the run after its first checkpoint, so that the test kills it in the middle
+PAUSED_AFTER_FIRST_CHECKPOINT = """
+import sys, time
+from pathlib import Path
+from transformers import Trainer, TrainerCallback
+sys.path.insert(0, "scripts")
+import run_mlm
+
+class Pause(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        Path(args.output_dir, "paused").write_text(str(state.global_step))
+        time.sleep(600)
+
+run_mlm.Trainer = lambda *args, **kwargs: Trainer(*args, callbacks=[Pause()], **kwargs)
+run_mlm.main(sys.argv[1:])
+"""
+
+
+def test_mlm_killed_mid_run_resumes_to_the_same_weights_and_metrics(tmp_path):
+    args = TINY_MLM + ["--max_steps", "24", "--save_strategy", "steps", "--save_steps", "10", "--seed", "7",
+                       "--fill_mask_examples", "0"]
+    straight = run_mlm.main(args + ["--output_dir", str(tmp_path / "straight")])
+
+    killed = tmp_path / "killed"
+    log = tmp_path / "killed.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", PAUSED_AFTER_FIRST_CHECKPOINT, *args, "--output_dir",
+                                    str(killed)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 300
+        while not (killed / "paused").exists():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+    finally:
+        process.kill()  # SIGKILL: no handler runs, nothing is flushed
+    assert process.wait() == -signal.SIGKILL
+    assert (killed / "paused").read_text() == "10" and not (killed / "model.safetensors").exists()
+
+    resumed = run_mlm.main(args + ["--output_dir", str(killed), "--resume_from_checkpoint",
+                                   str(killed / "checkpoint-10")])
+    weights = [load_file(path / "model.safetensors") for path in (tmp_path / "straight", killed)]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        torch.testing.assert_close(weights[1][name], weights[0][name], rtol=0, atol=0, msg=name)
+    for key in ("eval_loss", "eval_accuracy", "eval_perplexity"):
+        assert resumed[key] == straight[key], key
+    history = [json.loads((path / "trainer_state.json").read_text())["log_history"]
+               for path in (tmp_path / "straight", killed)]
+    assert [e["loss"] for e in history[1] if "loss" in e] == [e["loss"] for e in history[0] if "loss" in e]
 
 
 def test_mlm_on_two_cpu_processes(tmp_path):

@@ -86,7 +86,7 @@ class F1(evaluate.Metric):
         weights = np.ones(len(y_true)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
         present = np.unique(np.concatenate([y_true.ravel(), y_pred.ravel()]))
         if average not in (None, "binary", "micro", "macro", "weighted", "samples"):
-            raise ValueError(f"average has to be one of None, 'binary', 'micro', 'macro', 'weighted', 'samples'.")
+            raise ValueError("average has to be one of None, 'binary', 'micro', 'macro', 'weighted', 'samples'.")
         if average == "binary":
             if multilabel or len(present) > 2:
                 kind = "multilabel-indicator" if multilabel else "multiclass"

@@ -9,6 +9,7 @@ from pathlib import Path
 import datasets
 import evaluate
 import transformers
+from datasets import ClassLabel, DatasetDict
 
 from configuration_mixer import MixerConfig
 from model_card import write_model_card
@@ -78,6 +79,40 @@ def check_column(dataset, column: str, option: str):
             f"The dataset has no column {column!r} (its columns: {', '.join(dataset.column_names)}); "
             f"name the right one with {option}."
         )
+
+
+def encode_labels(raw: DatasetDict, column: str) -> DatasetDict:
+    """The label column as a ClassLabel with the same ids in every split: the sorted values, unless already one."""
+    feature = raw["train"].features[column]
+    if isinstance(feature, ClassLabel):
+        for split in list(raw):
+            ids = set(raw[split].unique(column))
+            if split == "test" and ids == {-1}:  # an unlabelled test split (GLUE's): nothing to evaluate
+                logger.warning("The test split has no labels (all -1): it is not evaluated.")
+                del raw[split]
+            elif not ids <= set(range(feature.num_classes)):
+                raise ValueError(f"The {split} split has labels {sorted(ids - set(range(feature.num_classes)))} in "
+                                 f"column {column!r}, outside its {feature.num_classes} classes {feature.names}.")
+        names = feature.names
+    else:
+        dtype = str(getattr(feature, "dtype", ""))
+        if dtype not in ("string", "large_string", "bool") and not dtype.startswith(("int", "uint")):
+            raise ValueError(
+                f"The labels in column {column!r} are not classes: {feature}, e.g. {raw['train'][0][column]!r} "
+                "(a column of integers with missing labels reads as floats). Expected a string or an integer a row; "
+                "name the column of classes with --label_column_name."
+            )
+        values = {value for split in raw for value in raw[split].unique(column)}
+        if None in values:
+            raise ValueError(f"Some rows have no label in column {column!r}: every example needs a class.")
+        values = sorted(values)
+        label2id = {value: i for i, value in enumerate(values)}
+        names = [str(value) for value in values]
+        raw = raw.map(lambda batch: {column: [label2id[v] for v in batch[column]]}, batched=True,
+                      desc="Encoding the labels").cast_column(column, ClassLabel(names=names))
+    if len(names) < 2:
+        raise ValueError(f"The column {column!r} holds a single class ({names}): a classifier needs two at least.")
+    return raw
 
 
 def train_evaluate_save(trainer, training_args, train_dataset, eval_dataset, card_kwargs, extra_eval=None,

@@ -44,6 +44,7 @@ from transformers import (
 import modeling_mixer  # noqa: F401  (registers the Mixer with the Auto classes)
 from common import (
     check_column,
+    encode_labels,
     load_dataset_or_explain,
     load_metric,
     parse_config_overrides,
@@ -178,8 +179,7 @@ def load_raw_datasets(data_args, model_args) -> DatasetDict:
     for split in raw:
         check_column(raw[split], data_args.image_column_name, "--image_column_name")
         check_column(raw[split], data_args.label_column_name, "--label_column_name")
-    if not isinstance(raw["train"].features[data_args.label_column_name], ClassLabel):
-        raw = raw.class_encode_column(data_args.label_column_name)
+    raw = encode_labels(raw, data_args.label_column_name)
     for split in raw:
         limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
         if limit is not None:

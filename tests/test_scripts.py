@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModelForImageClassification, AutoModelForMaskedLM, AutoTokenizer
 from transformers import pipeline
@@ -181,6 +182,15 @@ def test_image_classification_bad_input_stops_with_a_clear_message(image_folders
     with pytest.raises(ValueError, match="Cannot read the image .*broken.png"):
         run_image_classification.main(base + ["--train_dir", str(image_folders / "train"),
                                               "--per_device_train_batch_size", "200"])
+
+
+def test_string_labels_get_the_same_ids_in_every_split():
+    """A split that lacks a class numbers the others as the training split does (class_encode_column would not)."""
+    raw = DatasetDict({"train": Dataset.from_dict({"label": ["emu", "cat", "dog"]}),
+                       "validation": Dataset.from_dict({"label": ["emu", "dog"]})})
+    encoded = common.encode_labels(raw, "label")
+    assert encoded["validation"].features["label"].names == ["cat", "dog", "emu"]
+    assert encoded["train"]["label"] == [2, 0, 1] and encoded["validation"]["label"] == [2, 1]
 
 
 def test_local_accuracy_metric_matches_the_hubs():

@@ -327,3 +327,24 @@ def test_compiles_without_graph_breaks_and_trains_in_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = image_model()(torch.randn(2, 3, 32, 32), labels=torch.tensor([1, 2]))
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+
+
+def test_trains_in_fp16_autocast_with_loss_scaling():
+    """fp16 mixed precision as on CUDA (autocast + GradScaler), here on the CPU: finite losses that go down."""
+    torch.manual_seed(0)
+    model = text_model().train()
+    ids, mask = pad([[3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16]], 12, 0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    losses = []
+    for _ in range(30):
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = model(ids, attention_mask=mask, labels=ids)
+        assert out.logits.dtype == torch.float16
+        scaler.scale(out.loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+        losses.append(out.loss.item())
+    assert all(math.isfinite(loss) for loss in losses) and losses[-1] < 0.5 * losses[0], losses
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -100,10 +100,14 @@ class MixerTokenMixingMLP(MixerMLP):
     """
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        length = hidden_states.shape[1]
-        hidden = torch.matmul(self.fc1.weight[:, :length], hidden_states) + self.fc1.bias[:, None]
+        batch, length, channels = hidden_states.shape
+        # One GEMM per sample that reads X as it lies and adds the bias in place (baddbmm); the weights and biases
+        # are broadcast over the batch as views, not copied.
+        hidden = torch.baddbmm(self.fc1.bias[None, :, None].expand(batch, -1, channels),
+                               self.fc1.weight[None, :, :length].expand(batch, -1, -1), hidden_states)
         hidden = self.dropout(self.act(hidden))
-        return self.dropout(torch.matmul(self.fc2.weight[:length], hidden) + self.fc2.bias[:length, None])
+        return self.dropout(torch.baddbmm(self.fc2.bias[None, :length, None].expand(batch, -1, channels),
+                                          self.fc2.weight[None, :length].expand(batch, -1, -1), hidden))
 
 
 class MixerDropPath(nn.Module):

@@ -113,9 +113,8 @@ def forward_flops(case: Case, name: str) -> float:
     if name.startswith(("mixer", "timm")):
         layer = S * C * c.tokens_mlp_dim * 2 + S * C * c.channels_mlp_dim * 2
     else:  # attention: q, k, v, o projections, scores and weighted sum, then the MLP
+        S += name == "vit"  # ViT's class token
         layer = 4 * S * C * C + 2 * S * S * C + 2 * S * C * c.channels_mlp_dim
-        if name == "vit":
-            S += 1  # the class token
     return 2.0 * (stem + layers * layer + head)
 
 

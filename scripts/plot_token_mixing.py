@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 
+import modeling_mixer  # noqa: E402, F401  (registers the Mixer with the Auto classes: no remote code is run)
+
 
 def plot_token_mixing(model, output, layers=(0,), max_units=None, columns=16):
     """Writes a PNG with one panel of fc1 units per layer in `layers` of an image Mixer (any of its classes)."""
@@ -53,7 +55,7 @@ def main(argv=None):
     parser.add_argument("--max_units", type=int, help="draw only the first units (by frequency) of each layer")
     parser.add_argument("--columns", type=int, default=16)
     args = parser.parse_args(argv)
-    model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
+    model = AutoModel.from_pretrained(args.model)
     plot_token_mixing(model, args.output, args.layers, args.max_units, args.columns)
     print(f"Wrote {args.output}")
 

@@ -1,6 +1,7 @@
 """Conversion from timm and the official JAX code, back to timm, higher-resolution resizing, processors, plots."""
 
 import copy
+import json
 import os
 from functools import partial
 
@@ -244,19 +245,27 @@ def test_new_head_keeps_the_trunk(s32):
         assert torch.equal(model.mixer.state_dict()[key], value), key
 
 
-def test_remote_code_without_the_package(s32, tmp_path):
+def test_auto_class_and_pipeline_in_a_fresh_process_without_the_package(s32, tmp_path):
     reference, _, folder = s32
     torch.save(pixels(), tmp_path / "x.pt")
-    run_without_package(f"""
+    sample_image().save(tmp_path / "image.png")
+    output = run_without_package(f"""
+        import json
         import torch
-        from transformers import AutoModelForImageClassification
+        from transformers import AutoModelForImageClassification, pipeline
         model = AutoModelForImageClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         with torch.no_grad():
             torch.save(model(torch.load({str(tmp_path / "x.pt")!r})).logits, {str(tmp_path / "y.pt")!r})
+        classify = pipeline("image-classification", model={str(folder)!r}, trust_remote_code=True)
+        print(json.dumps(classify({str(tmp_path / "image.png")!r}, top_k=3)))
     """)
     with torch.no_grad():
         torch.testing.assert_close(torch.load(tmp_path / "y.pt"), reference(pixels()), atol=1e-5, rtol=0)
+    here = pipeline("image-classification", model=str(folder))(str(tmp_path / "image.png"), top_k=3)
+    there = json.loads(output)
+    assert [r["label"] for r in there] == [r["label"] for r in here] and there[0]["label"] in IMAGENET_LABELS
+    np.testing.assert_allclose([r["score"] for r in there], [r["score"] for r in here], rtol=1e-5)
 
 
 def test_pipeline_gives_imagenet_labels(s32):

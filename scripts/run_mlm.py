@@ -232,8 +232,8 @@ class DataCollatorForMaskedLM(DataCollatorForLanguageModeling):
 
     A batch's masks are drawn from a generator seeded by `seed` and the batch's tokens, not from the global RNG: a
     run resumed from a checkpoint masks every batch as the uninterrupted run did. (On resuming, the Trainer draws the
-    first batch before it restores the saved RNG state, and that state was saved after the next batch had been
-    prefetched.) Batches differ from pass to pass (they are shuffled), and so do their masks.
+    first batches, the data loader prefetching one, before it restores the saved RNG state.) Batches differ from pass
+    to pass (they are shuffled), and so do their masks.
     """
 
     def torch_call(self, examples):

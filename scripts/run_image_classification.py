@@ -110,9 +110,9 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Use at most this many images of each evaluation split (validation, test)."}
     )
     random_crop_padding: float = field(
-        default=0.125, metadata={"help": "Training crops: pad by this share of the size, crop back at random."}
+        default=0.0, metadata={"help": "Training crops: pad by this share of the size (0.125...), crop back at random."}
     )
-    horizontal_flip: bool = field(default=True, metadata={"help": "Flip training images at random."})
+    horizontal_flip: bool = field(default=False, metadata={"help": "Flip training images at random."})
     rand_augment_magnitude: int = field(default=0, metadata={"help": "RandAugment (2 ops) of this magnitude; 0: off."})
     mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup of training pairs, Beta(alpha, alpha); 0: off."})
 
@@ -228,7 +228,6 @@ def parse_args(argv=None):
         weight_decay=0.05, warmup_steps=0.05, max_steps=1500, per_device_train_batch_size=128,
         per_device_eval_batch_size=256, eval_strategy="steps", eval_steps=250, logging_steps=50,
         save_strategy="no", report_to="none", max_grad_norm=1.0, remove_unused_columns=False,
-        label_smoothing_factor=0.1,
     )
     return parser.parse_args_into_dataclasses(args=argv)
 

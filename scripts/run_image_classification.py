@@ -224,8 +224,8 @@ def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
     # The embedded job's defaults: Fashion-MNIST, trained and evaluated in about 10 minutes on 2 CPU cores.
     parser.set_defaults(
-        output_dir="outputs/mixer-fashion-mnist", do_train=True, do_eval=True, learning_rate=2e-3,
-        weight_decay=0.05, warmup_steps=0.05, max_steps=1500, per_device_train_batch_size=128,
+        output_dir="outputs/mixer-fashion-mnist", do_train=True, do_eval=True, learning_rate=4e-3,
+        weight_decay=0.05, warmup_steps=0.05, max_steps=2000, per_device_train_batch_size=128,
         per_device_eval_batch_size=256, eval_strategy="steps", eval_steps=250, logging_steps=50,
         save_strategy="no", report_to="none", max_grad_norm=1.0, remove_unused_columns=False,
     )

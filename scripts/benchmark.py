@@ -163,7 +163,8 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
-def matmul_peak(device, dtype, size=4096 if torch.cuda.is_available() else 2048, repeats=5) -> float:
+def matmul_peak(device, dtype, repeats=10) -> float:
+    size = 8192 if device.type == "cuda" else 2048  # large enough to fill the device
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     times = []
     for _ in range(repeats + 1):
@@ -188,6 +189,8 @@ def prepare(case, name, mode, batch_size, device, dtype, checkpointing=False):
 
 def time_case(case, names, mode, batch_size, device, dtype, rounds, warmup) -> dict:
     """Median seconds per step of each model, measured in interleaved rounds."""
+    # Each case compiles afresh: otherwise another case's shapes would make dynamo recompile with dynamic shapes.
+    torch._dynamo.reset()
     runs = {name: prepare(case, name, mode, batch_size, device, dtype) for name in names}
     for run in runs.values():
         for _ in range(warmup):

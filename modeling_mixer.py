@@ -101,13 +101,19 @@ class MixerTokenMixingMLP(MixerMLP):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         batch, length, channels = hidden_states.shape
+        w1, b1, w2, b2 = self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
+        # Autocast would cast the broadcast views below, writing out one copy of the weights per sample: cast them
+        # first, as autocast would (every floating dtype but float64).
+        device = hidden_states.device.type
+        if torch.is_autocast_enabled(device) and w1.dtype != torch.float64:
+            w1, b1, w2, b2 = (p.to(torch.get_autocast_dtype(device)) for p in (w1, b1, w2, b2))
         # One GEMM per sample that reads X as it lies and adds the bias in place (baddbmm); the weights and biases
         # are broadcast over the batch as views, not copied.
-        hidden = torch.baddbmm(self.fc1.bias[None, :, None].expand(batch, -1, channels),
-                               self.fc1.weight[None, :, :length].expand(batch, -1, -1), hidden_states)
+        hidden = torch.baddbmm(b1[None, :, None].expand(batch, -1, channels), w1[None, :, :length].expand(batch, -1, -1),
+                               hidden_states)
         hidden = self.dropout(self.act(hidden))
-        return self.dropout(torch.baddbmm(self.fc2.bias[None, :length, None].expand(batch, -1, channels),
-                                          self.fc2.weight[None, :length].expand(batch, -1, -1), hidden))
+        return self.dropout(torch.baddbmm(b2[None, :length, None].expand(batch, -1, channels),
+                                          w2[None, :length].expand(batch, -1, -1), hidden))
 
 
 class MixerDropPath(nn.Module):

@@ -14,7 +14,7 @@ from transformers import (
 
 from configuration_mixer import MIXER_VARIANTS, MixerConfig
 from helpers import run_without_package
-from modeling_mixer import MixerForImageClassification, MixerForMaskedLM, MixerModel
+from modeling_mixer import MixerForImageClassification, MixerForMaskedLM, MixerModel, MixerTokenMixingMLP
 
 TINY_IMAGE = dict(hidden_size=32, num_hidden_layers=2, tokens_mlp_dim=16, channels_mlp_dim=64, image_size=32,
                   patch_size=8, num_channels=3)
@@ -325,8 +325,33 @@ def test_compiles_without_graph_breaks_and_trains_in_bf16_autocast():
     out.loss.backward()
     torch.testing.assert_close(out.logits, model(ids, attention_mask=mask).logits, rtol=1e-4, atol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = compiled(ids, attention_mask=mask, labels=ids)  # reads the autocast state without a graph break
+        assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
         out = image_model()(torch.randn(2, 3, 32, 32), labels=torch.tensor([1, 2]))
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+
+
+def test_token_mixing_under_autocast_casts_its_weights_once_not_once_per_sample():
+    """Autocast casts what baddbmm gets; the token MLP casts its weights before broadcasting them over the batch."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    casts = []
+
+    class RecordCasts(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default:
+                casts.append(tuple(args[0].shape))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    mlp = MixerTokenMixingMLP(MixerConfig(hidden_size=32), in_features=16, hidden_features=8)
+    hidden_states = torch.randn(4, 16, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16), RecordCasts():
+        out = mlp(hidden_states)
+    # the four parameters and the activations, nothing of shape (4, ...) beside them
+    assert sorted(casts) == [(4, 16, 32), (8,), (8, 16), (16,), (16, 8)]
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), mlp(hidden_states), rtol=0.05, atol=0.05)
 
 
 def test_trains_in_fp16_autocast_with_loss_scaling():

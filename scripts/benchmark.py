@@ -245,8 +245,12 @@ def plot(results, path):
     import matplotlib.pyplot as plt
 
     panels = sorted({(r["case"], r["mode"]) for r in results})
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
-    for ax, (case, mode) in zip(axes[0], panels):
+    columns = min(len(panels), 4)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (case, mode) in zip(axes.flat, panels):
         rows = [r for r in results if r["case"] == case and r["mode"] == mode]
         ax.barh([r["model"] for r in rows], [r["throughput"] for r in rows], color="tab:blue")
         ax.set_title(f"{case} {mode}", fontsize=9)

@@ -245,9 +245,9 @@ def plot(results, path):
     import matplotlib.pyplot as plt
 
     panels = sorted({(r["case"], r["mode"]) for r in results})
-    columns = min(len(panels), 4)
-    rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows), squeeze=False)
+    ncols = min(len(panels), 4)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.0 * nrows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (case, mode) in zip(axes.flat, panels):

@@ -189,7 +189,7 @@ def prepare(case, name, mode, batch_size, device, dtype, checkpointing=False):
 
 def time_case(case, names, mode, batch_size, device, dtype, rounds, warmup) -> dict:
     """Median seconds per step of each model, measured in interleaved rounds."""
-    # Each case compiles afresh: otherwise another case's shapes would make dynamo recompile with dynamic shapes.
+    # Each case and mode compiles afresh: otherwise new shapes would make dynamo recompile with dynamic shapes.
     torch._dynamo.reset()
     runs = {name: prepare(case, name, mode, batch_size, device, dtype) for name in names}
     for run in runs.values():

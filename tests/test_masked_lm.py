@@ -1,0 +1,88 @@
+"""The MLM head: the sparse decoder against the dense computation, eager and compiled."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from configuration_mixer import MixerConfig
+from modeling_mixer import MixerForMaskedLM
+
+TINY_TEXT = dict(modality="text", vocab_size=60, max_position_embeddings=16, hidden_size=32, num_hidden_layers=2,
+                 tokens_mlp_dim=16, channels_mlp_dim=64, pad_token_id=0)
+
+
+def masked_batch(seed, share, batch=4, length=16):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 60, (batch, length), generator=generator)
+    labels = torch.where(torch.rand(ids.shape, generator=generator) < share, ids, -100)
+    return ids, labels
+
+
+def test_sparse_decoder_gives_the_dense_loss_and_gradients():
+    torch.manual_seed(0)
+    model = MixerForMaskedLM(MixerConfig(**TINY_TEXT))
+    ids, labels = masked_batch(0, 0.15)
+    mask = torch.ones_like(ids)
+    mask[1, 11:] = 0
+    labels[1, 11:] = -100
+
+    out = model(ids, attention_mask=mask, labels=labels)
+    out.loss.backward()
+    sparse_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+
+    # The dense computation, by hand from the same weights: the head at every position, the loss over the labelled.
+    dense_logits = model.lm_head(model.mixer(input_ids=ids, attention_mask=mask).last_hidden_state)
+    dense_loss = F.cross_entropy(dense_logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    dense_loss.backward()
+
+    keep = labels != -100
+    assert 0 < keep.sum() < keep.numel() // 4
+    assert out.logits.shape == (keep.sum(), 60)
+    torch.testing.assert_close(out.logits, dense_logits[keep])
+    torch.testing.assert_close(out.loss, dense_loss)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(sparse_grads[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_without_labels_the_logits_cover_every_position():
+    torch.manual_seed(0)
+    model = MixerForMaskedLM(MixerConfig(**TINY_TEXT)).eval()
+    ids, labels = masked_batch(1, 0.15)
+    with torch.no_grad():
+        full, sparse = model(ids).logits, model(ids, labels=labels).logits
+    assert full.shape == (4, 16, 60)
+    torch.testing.assert_close(sparse, full[labels != -100])
+
+
+def test_compiled_sparse_decoder_serves_every_mask_with_one_graph():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = MixerForMaskedLM(MixerConfig(**TINY_TEXT)).train()
+    compiled = torch.compile(model, fullgraph=True)
+    batches = [masked_batch(seed, share) for seed, share in [(2, 0.15), (3, 0.3), (4, 0.05)]]
+    counts = [int((labels != -100).sum()) for _, labels in batches]
+    assert len(set(counts)) == 3, counts
+    with torch._dynamo.config.patch(error_on_recompile=True):  # a second graph for another count would raise
+        for ids, labels in batches:
+            out = compiled(ids, labels=labels)
+            out.loss.backward()
+            torch.testing.assert_close(out.loss, model(ids, labels=labels).loss, rtol=1e-5, atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_no_or_all_positions_labelled(share):
+    torch.manual_seed(0)
+    model = MixerForMaskedLM(MixerConfig(**TINY_TEXT)).eval()
+    ids, labels = masked_batch(5, share)
+    with torch.no_grad():
+        out, full = model(ids, labels=labels), model(ids).logits
+    assert out.logits.shape == ((labels != -100).sum(), 60)
+    if share == 1.0:
+        torch.testing.assert_close(out.loss, F.cross_entropy(full.flatten(0, 1), ids.flatten()))
+    else:  # nothing to score: the mean over no position, NaN, as in the dense loss
+        assert torch.isnan(out.loss)

@@ -1,22 +1,46 @@
 """Several processes: the launch checks of the scripts, DDP through the Trainer, FSDP2 sharding, on CPUs (gloo)."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 import torch.distributed.checkpoint.format_utils as dcp_format
+from transformers import AutoModelForMaskedLM, TrainingArguments, pipeline
 
 from helpers import ROOT
 from configuration_mixer import MixerConfig
 import fsdp2_worker
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import common  # noqa: E402
+import run_mlm  # noqa: E402
 
 TINY = dict(hidden_size=16, num_hidden_layers=2, tokens_mlp_dim=8, channels_mlp_dim=32)
 TINY_HEADS = {
     "image": MixerConfig(image_size=8, patch_size=4, num_labels=3, **TINY),
     "mlm": MixerConfig(modality="text", vocab_size=40, max_position_embeddings=8, **TINY),
 }
+
+
+TINY_MLM = ["--tokenizer_type", "char", "--max_seq_length", "32", "--config_overrides",
+            "hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=32,channels_mlp_dim=64",
+            "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32", "--max_eval_samples", "32",
+            "--learning_rate", "5e-3", "--logging_steps", "2", "--eval_steps", "1000", "--save_strategy", "no",
+            "--fill_mask_examples", "0", "--disable_tqdm", "true"]
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory):
+    """Shakespeare as two local text files: 600 speeches to train on, 100 to evaluate on."""
+    folder = tmp_path_factory.mktemp("text")
+    plays = run_mlm.shakespeare()
+    (folder / "train.txt").write_text("".join(plays["train"]["text"][:600]))
+    (folder / "validation.txt").write_text("".join(plays["validation"]["text"][:100]))
+    return ["--train_file", str(folder / "train.txt"), "--validation_file", str(folder / "validation.txt")]
 
 
 def torchrun(*args, nproc=2, timeout=300):
@@ -74,3 +98,99 @@ def test_fsdp2_shards_each_head_and_matches_one_process_on_the_whole_batches(tmp
                                        rtol=1e-5, atol=1e-5)
         if head == "mlm":
             assert reloaded.lm_head.decoder.weight is reloaded.mixer.embeddings.word_embeddings.weight
+
+
+def test_torchrun_without_use_cpu_stops_at_once_saying_what_to_add(tmp_path, text_files):
+    result = torchrun(ROOT / "scripts" / "run_mlm.py", *TINY_MLM, *text_files, "--max_steps", "4",
+                      "--output_dir", tmp_path / "out")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    for rank in (0, 1):  # each process believes it is alone, and says so before it stops
+        assert f"[rank{rank}]: ValueError: 2 processes were launched (WORLD_SIZE=2) but this one trains alone " \
+               "(world size 1)" in output, output[-3000:]
+    assert "add --use_cpu: on a machine without GPUs" in output
+    assert not (tmp_path / "out").exists()  # stopped before it wrote anything
+
+
+def test_mlm_on_two_cpu_processes_shares_the_work(tmp_path, text_files):
+    output_dir = tmp_path / "ddp"
+    result = torchrun(ROOT / "scripts" / "run_mlm.py", *TINY_MLM, *text_files, "--max_steps", "6", "--use_cpu",
+                      "--log_level", "info", "--output_dir", output_dir)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    for rank in (0, 1):
+        assert re.search(f"Process rank: {rank}, world size: 2, device: cpu(:0)?, distributed training: True", output)
+    # Both ranks draw batches: 2 x 16 blocks a step, and an epoch is half as many steps as one process would need.
+    assert re.search(r"Total train batch size \(w\. parallel, distributed & accumulation\) = 32\b", output)
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    train_blocks = json.loads((output_dir / "train_results.json").read_text())["train_samples"]
+    assert state["global_step"] == 6 and state["epoch"] == pytest.approx(6 / (train_blocks / 32), rel=0.05)
+    assert type(AutoModelForMaskedLM.from_pretrained(output_dir)).__name__ == "MixerForMaskedLM"
+    assert pipeline("fill-mask", model=str(output_dir))("To be or not to b[MASK]", top_k=1)[0]["token_str"]
+
+
+LAUNCH_VARIABLES = ["WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS",
+                    "SLURM_NTASKS", "ACCELERATE_USE_CPU", "ACCELERATE_USE_FSDP", "MASTER_ADDR", "LOCAL_RANK"]
+
+
+@pytest.mark.parametrize("env, kwargs, message", [
+    ({"WORLD_SIZE": "2"}, {}, "2 processes were launched (WORLD_SIZE=2) but this one trains alone (world size 1): "
+     "they would repeat each other's work and write over each other's output. To train with all 2, add --use_cpu"),
+    ({"OMPI_COMM_WORLD_SIZE": "4"}, {}, "4 processes were launched (OMPI_COMM_WORLD_SIZE=4) but this one trains "
+     "alone (world size 1)"),
+    ({"SLURM_STEP_NUM_TASKS": "2"}, {"use_cpu": True}, "To train with all 2, srun's tasks do not find each other by "
+     "themselves: run torchrun in each"),
+    ({"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1"}, {}, "`accelerate launch` was asked for several "
+     "processes but started one"),
+    ({}, {"fsdp": True, "fsdp_config": {"transformer_layer_cls_to_wrap": ["MixerLayer"]}, "use_cpu": True},
+     "FSDP was asked for (--fsdp) on CPU processes, where the Trainer and Accelerate do not shard: they would train "
+     "with plain DDP"),
+    ({"ACCELERATE_USE_FSDP": "true"}, {"use_cpu": True}, "FSDP was asked for (ACCELERATE_USE_FSDP=true, an "
+     "accelerate FSDP config) on CPU"),
+])
+def test_launches_that_would_not_train_together_stop(monkeypatch, tmp_path, env, kwargs, message):
+    for name in LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError) as error:
+        common.check_processes(TrainingArguments(tmp_path, report_to="none", **kwargs))
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("env", [{}, {"WORLD_SIZE": "1"}, {"SLURM_NTASKS": "4"}])  # sbatch alone: one process
+def test_a_single_process_trains(monkeypatch, tmp_path, env):
+    for name in LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    common.check_processes(TrainingArguments(tmp_path, report_to="none", use_cpu=True))
+
+
+def test_the_shipped_accelerate_fsdp_config_wraps_each_mixer_layer_and_stops_on_cpu_processes(monkeypatch, tmp_path):
+    """What `accelerate launch --config_file scripts/accelerate_fsdp.yaml` hands each process, built by accelerate."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(ROOT / "scripts" / "accelerate_fsdp.yaml"),
+                                               "scripts/run_mlm.py"])
+    args, _, _ = _validate_launch_command(args)
+    assert args.use_fsdp and args.num_processes == 2
+    env = prepare_multi_gpu_env(args)
+    assert (env["ACCELERATE_USE_FSDP"], env["FSDP_VERSION"], env["FSDP_TRANSFORMER_CLS_TO_WRAP"],
+            env["FSDP_STATE_DICT_TYPE"]) == ("true", "2", "MixerLayer", "FULL_STATE_DICT")
+    for name in LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        if name.startswith(("ACCELERATE_", "FSDP_")):
+            monkeypatch.setenv(name, value)
+    plugin = FullyShardedDataParallelPlugin()  # from the environment, as the Trainer's Accelerator builds it
+    assert plugin.fsdp_version == 2 and plugin.transformer_cls_names_to_wrap == ["MixerLayer"]
+    model = fsdp2_worker.HEADS["mlm"](TINY_HEADS["mlm"])
+    plugin.set_auto_wrap_policy(model)
+    wrapped = [name for name, module in model.named_modules() if plugin.auto_wrap_policy(module, False, 0)]
+    assert wrapped == ["mixer.layers.0", "mixer.layers.1"]
+    with pytest.raises(ValueError, match=re.escape("FSDP was asked for (ACCELERATE_USE_FSDP=true, an accelerate FSDP "
+                                                   "config) on CPU processes")):
+        common.check_processes(TrainingArguments(tmp_path, report_to="none", use_cpu=True))

@@ -1,0 +1,114 @@
+"""run_mlm.py --streaming: the corpus as an IterableDataset gives the blocks, masks and losses of the in-memory path."""
+
+import json
+import logging
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import ROOT
+from configuration_mixer import MixerConfig
+from modeling_mixer import MixerForMaskedLM
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import run_mlm  # noqa: E402
+
+TINY_MLM = ["--tokenizer_type", "char", "--max_seq_length", "32", "--config_overrides",
+            "hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=32,channels_mlp_dim=64",
+            "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32", "--max_eval_samples", "64",
+            "--learning_rate", "5e-3", "--logging_steps", "2", "--eval_steps", "1000", "--use_cpu",
+            "--fill_mask_examples", "0", "--disable_tqdm", "true", "--report_to", "none"]
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory):
+    """Shakespeare as two local text files (a line a row): 600 speeches to train on, 100 to evaluate on."""
+    folder = tmp_path_factory.mktemp("text")
+    plays = run_mlm.shakespeare()
+    (folder / "train.txt").write_text("".join(plays["train"]["text"][:600]))
+    (folder / "validation.txt").write_text("".join(plays["validation"]["text"][:100]))
+    return ["--train_file", str(folder / "train.txt"), "--validation_file", str(folder / "validation.txt")]
+
+
+def blocks(args):
+    model_args, data_args, training_args = run_mlm.parse_args(args)
+    raw = run_mlm.load_raw_datasets(data_args, model_args)
+    texts = (batch["text"] for batch in raw["train"].iter(batch_size=1000))
+    tokenizer = run_mlm.train_tokenizer(texts, model_args, data_args.max_seq_length)
+    lm_datasets = run_mlm.tokenize_and_group(raw, tokenizer, data_args, data_args.max_seq_length, training_args.seed)
+    return type(lm_datasets["train"]).__name__, tokenizer, {split: list(d) for split, d in lm_datasets.items()}
+
+
+def test_streamed_blocks_masks_and_loss_are_the_in_memory_ones(tmp_path, text_files):
+    args = TINY_MLM + text_files + ["--output_dir", str(tmp_path)]
+    kind, tokenizer, in_memory = blocks(args)
+    streamed_kind, streamed_tokenizer, streamed = blocks(args + ["--streaming"])
+    assert (kind, streamed_kind) == ("Dataset", "IterableDataset")
+    assert streamed_tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert len(in_memory["train"]) > 1000 and len(in_memory["validation"]) > 100
+    assert streamed == in_memory  # every block of both splits, in order
+    # The first batch: the same masks and the same loss.
+    collator = run_mlm.DataCollatorForMaskedLM(tokenizer, mlm_probability=0.15, seed=42)
+    batch, streamed_batch = collator(in_memory["train"][:16]), collator(streamed["train"][:16])
+    assert batch.keys() == streamed_batch.keys() == {"input_ids", "attention_mask", "labels"}
+    for key in batch:
+        assert torch.equal(batch[key], streamed_batch[key]), key
+    assert (batch["labels"] != -100).sum() > 0
+    torch.manual_seed(0)
+    model = MixerForMaskedLM(MixerConfig(modality="text", vocab_size=len(tokenizer), max_position_embeddings=32,
+                                         hidden_size=32, num_hidden_layers=2, tokens_mlp_dim=32, channels_mlp_dim=64))
+    assert model(**batch).loss.item() == model(**streamed_batch).loss.item()
+
+
+def test_streamed_run_evaluates_as_the_in_memory_run(tmp_path, text_files):
+    args = TINY_MLM + text_files + ["--do_train", "false"]
+    in_memory = run_mlm.main(args + ["--output_dir", str(tmp_path / "in-memory")])
+    streamed = run_mlm.main(args + ["--output_dir", str(tmp_path / "streamed"), "--streaming"])
+    assert in_memory["eval_samples"] == streamed["eval_samples"] == 64
+    for key in ("eval_loss", "eval_accuracy"):
+        assert streamed[key] == in_memory[key], key
+
+
+def test_streamed_run_resumed_from_its_checkpoint_ends_as_the_straight_run(tmp_path, text_files):
+    """The Trainer skips a stream's first global_step batches by reading them (accelerate's skip_first_batches)."""
+    args = TINY_MLM + text_files + ["--streaming", "--max_steps", "8", "--save_strategy", "steps", "--save_steps",
+                                    "4", "--seed", "3"]
+    straight = run_mlm.main(args + ["--output_dir", str(tmp_path / "straight")])
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("transformers.trainer").addHandler(handler)
+    try:
+        resumed = run_mlm.main(args + ["--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint",
+                                       str(tmp_path / "straight" / "checkpoint-4"), "--log_level", "info"])
+    finally:
+        logging.getLogger("transformers.trainer").removeHandler(handler)
+    log = "\n".join(records)
+    assert "Resuming training from checkpoint with epoch 0 and global step 4" in log
+    assert "Fast-forwarding the dataloader past 0 epochs and 4 batches" in log
+    weights = [load_file(tmp_path / name / "model.safetensors") for name in ("straight", "resumed")]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[1][name], weights[0][name]), name
+    history = [json.loads((tmp_path / name / "trainer_state.json").read_text())["log_history"]
+               for name in ("straight", "resumed")]
+    losses = [[(e["step"], e["loss"]) for e in h if "loss" in e] for h in history]
+    assert [step for step, _ in losses[0]] == [2, 4, 6, 8] and losses[1] == losses[0]
+    assert resumed["eval_loss"] == straight["eval_loss"]
+
+
+def test_streaming_without_validation_holds_out_every_kth_text(tmp_path, text_files):
+    args = TINY_MLM + text_files[:2] + ["--validation_split_percentage", "20", "--output_dir", str(tmp_path)]
+    model_args, data_args, _ = run_mlm.parse_args(args + ["--streaming"])
+    raw = run_mlm.load_raw_datasets(data_args, model_args)
+    texts = (ROOT / text_files[1]).read_text().splitlines(keepends=True)
+    assert [row["text"] for row in raw["validation"]] == texts[4::5]
+    assert [row["text"] for row in raw["train"]] == [text for i, text in enumerate(texts) if i % 5 != 4]
+
+
+def test_streaming_needs_max_steps(tmp_path, text_files):
+    with pytest.raises(ValueError, match=r"--streaming reads a corpus of unknown length: give the number of training "
+                                         r"steps with --max_steps N \(got --max_steps -1\)"):
+        run_mlm.main(TINY_MLM + text_files + ["--streaming", "--max_steps", "-1", "--output_dir", str(tmp_path)])

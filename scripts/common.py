@@ -8,8 +8,10 @@ from pathlib import Path
 
 import datasets
 import evaluate
+import torch
 import transformers
 from datasets import ClassLabel, DatasetDict
+from transformers import TrainerCallback
 
 from configuration_mixer import MixerConfig
 from model_card import write_model_card
@@ -115,10 +117,28 @@ def encode_labels(raw: DatasetDict, column: str) -> DatasetDict:
     return raw
 
 
+class StopOnDivergence(TrainerCallback):
+    """
+    Stops the run at the first logging step where a weight holds NaN or inf: the training diverged, and going on
+    would only write broken checkpoints over good ones. (The Trainer's logged loss hides NaN by default, see
+    `logging_nan_inf_filter`; the weights do not.) One check per logging step, not per step: on a GPU each is a sync.
+    """
+
+    def on_log(self, args, state, control, model=None, **kwargs):
+        broken = [name for name, param in model.named_parameters() if not torch.isfinite(param).all()]
+        if broken:
+            raise ValueError(
+                f"The training diverged by step {state.global_step}: NaN or inf in {', '.join(broken[:8])}"
+                f"{f' and {len(broken) - 8} more' if len(broken) > 8 else ''}. Resume from an earlier checkpoint with "
+                "a lower --learning_rate (or a longer --warmup_steps, --max_grad_norm 1.0)."
+            )
+
+
 def train_evaluate_save(trainer, training_args, train_dataset, eval_dataset, card_kwargs, extra_eval=None,
                         perplexity=False):
     """Trains, saves model and processor (and trainer_state.json), evaluates, pushes to the Hub or writes the card."""
     if training_args.do_train:
+        trainer.add_callback(StopOnDivergence())
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()  # the model and the processing class (tokenizer or image processor)
         metrics = train_result.metrics

@@ -12,3 +12,4 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="mixer-tests-hf-home-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(ROOT))  # the two model files, also when the package is not installed
+sys.path.insert(1, str(ROOT / "scripts"))  # the scripts' modules, imported by name as the scripts import them

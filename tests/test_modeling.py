@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from transformers.utils import logging
 from transformers import (
     AutoModel,
     AutoModelForImageClassification,
@@ -181,6 +182,26 @@ def test_pooled_output_is_the_mean_over_real_tokens():
     torch.testing.assert_close(out.pooler_output[0], out.last_hidden_state[0, :3].mean(0))
 
 
+def test_masked_positions_anywhere_add_nothing_and_left_padding_warns_once(caplog):
+    model = text_model()
+    torch.manual_seed(2)
+    ids = torch.randint(1, 50, (2, 10))
+    mask = torch.tensor([[1, 1, 0, 1, 1, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1, 1, 1, 1]])  # holes; left padding
+    other_ids = torch.where(mask.bool(), ids, torch.randint(1, 50, ids.shape))  # other tokens where masked
+    logging.warning_once.cache_clear()  # transformers warns once per process
+    with caplog.at_level("WARNING", logger="modeling_mixer"):
+        out, other = (model.mixer(input_ids=i, attention_mask=mask, output_hidden_states=True) for i in (ids, other_ids))
+    real = mask.bool()
+    for h, h_other in zip(out.hidden_states[1:] + (out.last_hidden_state,), other.hidden_states[1:] + (other.last_hidden_state,)):
+        torch.testing.assert_close(h[real], h_other[real], rtol=0, atol=0)
+    torch.testing.assert_close(out.pooler_output, other.pooler_output, rtol=0, atol=0)
+    # Left padding moves the real tokens to other positions: the same tokens, padded on the right, differ.
+    right = model.mixer(input_ids=ids[1:, 2:], attention_mask=torch.ones(1, 8, dtype=torch.long)).last_hidden_state
+    assert not torch.allclose(right[0], out.last_hidden_state[1, 2:], atol=1e-3)
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "left padding" in caplog.records[0].message and "padding_side='right'" in caplog.records[0].message
+
+
 # ------------------------------------------------------------------------------------------------ errors
 
 
@@ -208,8 +229,6 @@ def test_wrong_inputs_raise_clear_errors():
         texts(torch.tensor([[0, 50]]))
     with pytest.raises(ValueError, match="attention_mask must hold only 0 \\(padding\\) and 1"):
         texts(torch.ones(1, 4, dtype=torch.long), attention_mask=torch.tensor([[1, 1, 0.5, 0]]))
-    with pytest.raises(ValueError, match="padding before real tokens: pad on the right"):
-        texts(torch.ones(1, 4, dtype=torch.long), attention_mask=torch.tensor([[0, 1, 1, 1]]))
     with pytest.raises(ValueError, match="pixel_values holds NaN or infinite values"):
         images(torch.full((1, 3, 32, 32), float("nan")))
     with pytest.raises(TypeError, match="pixel_values must be floating point .* got torch.uint8"):

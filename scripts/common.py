@@ -21,6 +21,7 @@ LOCAL_METRICS = Path(__file__).resolve().parent / "metrics"
 
 
 def setup_logging(training_args):
+    """Logs each process's rank and world size, then stops a launch whose processes would not train together."""
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         datefmt="%m/%d/%Y %H:%M:%S",
@@ -36,6 +37,56 @@ def setup_logging(training_args):
         f"Process rank: {training_args.process_index}, world size: {training_args.world_size}, "
         f"device: {training_args.device}, distributed training: {training_args.parallel_mode.value != 'not_parallel'}"
     )
+    check_processes(training_args)
+
+
+# The variables by which each launcher tells a process how many there are: torchrun and `accelerate launch
+# --multi_gpu` (WORLD_SIZE), MPI (`mpirun`, also `accelerate launch --mpirun_hostfile`), and SLURM's srun (a job
+# step's tasks; `sbatch` alone sets no SLURM_STEP_NUM_TASKS). A launcher that wraps another (srun → torchrun) sets
+# WORLD_SIZE for the script, which is read first.
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
+
+
+def check_processes(training_args):
+    """
+    Stops a run that would not train the way it was launched: N > 1 processes that each train alone (the same data,
+    one output folder), `accelerate launch --num_processes N` that started one, or FSDP asked for on CPUs, where
+    Accelerate wraps the model in DDP instead (it shards only on accelerators).
+    """
+    on_cpu = training_args.device.type == "cpu"
+    fsdp = bool(training_args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if fsdp and on_cpu:
+        how = "--fsdp" if training_args.fsdp else "ACCELERATE_USE_FSDP=true, an accelerate FSDP config"
+        raise ValueError(
+            f"FSDP was asked for ({how}) on CPU processes, where the Trainer and Accelerate do not shard: they would "
+            "train with plain DDP (the whole model and optimizer state in every process). Run it on GPUs, or drop "
+            "the FSDP options (--fsdp / the accelerate FSDP config) to train with DDP on CPUs; docs/distributed.md "
+            "shows FSDP2 (torch.distributed.fsdp.fully_shard) sharding the Mixer on CPUs without the Trainer."
+        )
+    launcher = next(((name, int(os.environ[name])) for name in WORLD_SIZE_VARIABLES if os.environ.get(name)), None)
+    if launcher is None and os.environ.get("ACCELERATE_USE_CPU") is not None and os.environ.get("MASTER_ADDR"):
+        # `accelerate launch --num_processes N` (N > 1) without --multi_gpu: it sets MASTER_ADDR, starts one process.
+        raise ValueError(
+            "`accelerate launch` was asked for several processes but started one, which would train alone: on CPUs "
+            "it starts several only with --multi_gpu (and this script's --use_cpu), e.g. `accelerate launch "
+            "--multi_gpu --num_processes 2 scripts/<script>.py --use_cpu ...`, or use torchrun."
+        )
+    if launcher is not None and launcher[1] > 1 and training_args.world_size != launcher[1]:
+        name, count = launcher
+        if on_cpu and not training_args.use_cpu:
+            fix = ("add --use_cpu: on a machine without GPUs the Trainer sets up distributed training (gloo) only "
+                   "with it")
+        elif name == "SLURM_STEP_NUM_TASKS":
+            fix = ("srun's tasks do not find each other by themselves: run torchrun in each, e.g. `srun "
+                   "--ntasks-per-node 1 torchrun --nnodes $SLURM_NNODES --nproc_per_node <processes per node> "
+                   "--rdzv_backend c10d --rdzv_endpoint <first node>:29500 scripts/<script>.py ...`")
+        else:
+            fix = "launch it with torchrun or `accelerate launch --multi_gpu`, which set up the process group"
+        raise ValueError(
+            f"{count} processes were launched ({name}={count}) but this one trains alone (world size "
+            f"{training_args.world_size}): they would repeat each other's work and write over each other's output. "
+            f"To train with all {count}, {fix}."
+        )
 
 
 def load_metric(name: str = "accuracy"):
@@ -76,9 +127,11 @@ def load_dataset_or_explain(*args, hint: str = "", **kwargs):
 
 
 def check_column(dataset, column: str, option: str):
-    if column not in dataset.column_names:
+    # A stream (IterableDataset) of csv or json rows knows its columns once it has read a row.
+    columns = dataset.column_names if dataset.column_names is not None else list(next(iter(dataset), {}))
+    if column not in columns:
         raise ValueError(
-            f"The dataset has no column {column!r} (its columns: {', '.join(dataset.column_names)}); "
+            f"The dataset has no column {column!r} (its columns: {', '.join(columns)}); "
             f"name the right one with {option}."
         )
 
@@ -142,7 +195,8 @@ def train_evaluate_save(trainer, training_args, train_dataset, eval_dataset, car
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()  # the model and the processing class (tokenizer or image processor)
         metrics = train_result.metrics
-        metrics["train_samples"] = len(train_dataset)
+        if hasattr(train_dataset, "__len__"):  # not a stream (IterableDataset)
+            metrics["train_samples"] = len(train_dataset)
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()

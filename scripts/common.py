@@ -41,9 +41,9 @@ def setup_logging(training_args):
 
 
 # The variables by which each launcher tells a process how many there are: torchrun and `accelerate launch
-# --multi_gpu` (WORLD_SIZE), MPI (`mpirun`, also `accelerate launch --mpirun_hostfile`), and SLURM's srun (a job
-# step's tasks; `sbatch` alone sets no SLURM_STEP_NUM_TASKS). A launcher that wraps another (srun → torchrun) sets
-# WORLD_SIZE for the script, which is read first.
+# --multi_gpu` (WORLD_SIZE), MPI (`mpirun`, also `accelerate launch --mpirun_hostfile`), and SLURM's srun (the tasks
+# of a job step; not SLURM_NTASKS, the allocation's, also seen by a batch script that starts one process). A launcher
+# that wraps another (srun → torchrun) sets WORLD_SIZE for the script, which is read first.
 WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
 
 

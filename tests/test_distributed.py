@@ -1,5 +1,6 @@
 """Several processes: the launch checks of the scripts, DDP through the Trainer, FSDP2 sharding, on CPUs (gloo)."""
 
+import importlib
 import json
 import os
 import re
@@ -156,6 +157,19 @@ def test_launches_that_would_not_train_together_stop(monkeypatch, tmp_path, env,
     with pytest.raises(ValueError) as error:
         common.check_processes(TrainingArguments(tmp_path, report_to="none", **kwargs))
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("script", ["run_mlm", "run_image_classification", "run_text_classification"])
+def test_every_script_stops_before_it_reads_data(monkeypatch, tmp_path, script):
+    for name in LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    main = importlib.import_module(script).main
+    message = "2 processes were launched (WORLD_SIZE=2) but this one trains alone"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        main(["--output_dir", str(tmp_path / "out"), "--train_file" if script != "run_image_classification" else
+              "--train_dir", str(tmp_path / "missing")])  # a missing file: the data would be the next error
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("env", [{}, {"WORLD_SIZE": "1"}, {"SLURM_NTASKS": "4"}])  # sbatch alone: one process

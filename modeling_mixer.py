@@ -36,8 +36,10 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from transformers.utils import logging
-from transformers.utils.generic import can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
 
 try:
     from .configuration_mixer import MixerConfig
@@ -65,14 +67,22 @@ class MixerPatchEmbeddings(nn.Module):
 
 
 class MixerTextEmbeddings(nn.Module):
-    """Token embeddings only: the token-mixing weights are position-specific, so no position embeddings are needed."""
+    """
+    Token embeddings, then a LayerNorm (as in BERT). The embeddings start small, N(0, 0.02), as the decoder tied to
+    them must (larger ones make the first logits huge); the LayerNorm gives them unit scale in the residual stream,
+    where they would otherwise be drowned by the first token-mixing MLP's output and the MLM would sit longer on
+    the unigram plateau (docs/text.md). No position embeddings: the token-mixing weights are position-specific.
+    """
 
     def __init__(self, config: MixerConfig):
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.word_embeddings(input_ids)
+    def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        return self.layer_norm(inputs_embeds.to(self.layer_norm.weight.dtype))
 
 
 # ---------------------------------------------------------------------------------------------------- Mixer layer
@@ -170,6 +180,7 @@ class MixerPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["MixerLayer"]
     _can_compile_fullgraph = True
+    _can_record_outputs = {"hidden_states": MixerLayer}
 
     def __init__(self, config: MixerConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
@@ -347,15 +358,15 @@ class MixerModel(MixerPreTrainedModel):
                 "right (tokenizer padding_side='right')."
             )
 
-    @can_return_tuple
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)  # hidden_states: each layer's output, before the final LayerNorm
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPoolingAndNoAttention:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`): images,
@@ -367,8 +378,6 @@ class MixerModel(MixerPreTrainedModel):
         inputs_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`): instead of
             `input_ids`.
         """
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
         if (self.config.modality == "text" and input_ids is None and inputs_embeds is None
                 and isinstance(pixel_values, torch.Tensor) and not pixel_values.is_floating_point()):
             input_ids, pixel_values = pixel_values, None  # token ids passed positionally: model(input_ids)
@@ -378,14 +387,11 @@ class MixerModel(MixerPreTrainedModel):
         if pixel_values is not None:
             hidden_states = self.embeddings(pixel_values)
         else:
-            hidden_states = self.embeddings(input_ids) if input_ids is not None else inputs_embeds.to(self.dtype)
+            hidden_states = self.embeddings(input_ids, inputs_embeds)
         padding_mask = None if attention_mask is None else attention_mask[..., None].to(hidden_states.dtype)
 
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
             hidden_states = layer(hidden_states, padding_mask)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
         sequence_output = self.layernorm(hidden_states)
 
         if padding_mask is None:
@@ -393,9 +399,7 @@ class MixerModel(MixerPreTrainedModel):
         else:  # the mean over real tokens only
             pooled_output = (sequence_output * padding_mask).sum(1) / padding_mask.sum(1).clamp(min=1)
 
-        return BaseModelOutputWithPoolingAndNoAttention(
-            last_hidden_state=sequence_output, pooler_output=pooled_output, hidden_states=all_hidden_states
-        )
+        return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state=sequence_output, pooler_output=pooled_output)
 
 
 # ---------------------------------------------------------------------------------------------------- heads
@@ -420,15 +424,14 @@ class MixerForImageClassification(MixerPreTrainedModel):
         self,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> ImageClassifierOutputWithNoAttention:
         r"""
         labels (`torch.Tensor` of shape `(batch_size,)` or `(batch_size, num_labels)`): class indices
             (single-label), multi-hot floats (multi-label) or targets (regression); `config.problem_type` says which,
             and is inferred from the labels when unset.
         """
-        outputs = self.mixer(pixel_values=pixel_values, output_hidden_states=output_hidden_states)
+        outputs = self.mixer(pixel_values=pixel_values, **kwargs)
         logits = self.classifier(outputs.pooler_output)
         loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
         return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
@@ -475,20 +478,30 @@ class MixerForMaskedLM(MixerPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`): the original ids at the masked
-            positions, -100 elsewhere (ignored by the loss).
+            positions, -100 elsewhere (ignored by the loss). Given labels, the head runs at the labelled positions
+            only, and `logits` has shape `(number of labels != -100, vocab_size)`: the logits of those positions, in
+            row-major order (`labels[labels != -100]` are their targets). Without labels, `logits` has shape
+            `(batch_size, sequence_length, vocab_size)`.
         """
         outputs = self.mixer(
             input_ids=input_ids,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states,
+            **kwargs,
         )
-        logits = self.lm_head(outputs.last_hidden_state)
+        hidden_states = outputs.last_hidden_state
+        if labels is not None:
+            # Sparse decoder: only the ~15% labelled positions are scored, so only they go through the head, whose
+            # vocabulary projection costs as much as the trunk at a BERT-sized vocabulary. The loss is the same as
+            # the dense one (the others have weight 0 in it). Under torch.compile the number of labelled positions
+            # is a data-dependent size that dynamo keeps symbolic: one graph serves every batch, whatever its masks.
+            keep = labels != -100
+            hidden_states, labels = hidden_states[keep], labels[keep]
+        logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
@@ -521,15 +534,13 @@ class MixerForSequenceClassification(MixerTextClassifier):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> SequenceClassifierOutput:
         r"""
         labels (`torch.Tensor` of shape `(batch_size,)` or `(batch_size, num_labels)`): read according to
             `config.problem_type`, as for `MixerForImageClassification`.
         """
-        outputs = self.mixer(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                             output_hidden_states=output_hidden_states)
+        outputs = self.mixer(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
@@ -545,15 +556,13 @@ class MixerForTokenClassification(MixerTextClassifier):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> TokenClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`): a class per token, -100 where there
             is none (padding, continuation pieces of a word), which the loss ignores.
         """
-        outputs = self.mixer(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                             output_hidden_states=output_hidden_states)
+        outputs = self.mixer(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = self.loss_function(logits, labels, self.config, **kwargs) if labels is not None else None
         return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)

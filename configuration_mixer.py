@@ -1,5 +1,6 @@
 """MLP-Mixer configuration (Tolstikhin et al., 2021, arXiv 2105.01601), for images and for text."""
 
+from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
@@ -28,6 +29,7 @@ MIXER_AUTO_MAP = {
 }
 
 
+@strict
 class MixerConfig(PreTrainedConfig):
     r"""
     Configuration of an MLP-Mixer. The defaults build Mixer-B/16 for 224×224 images.
@@ -71,10 +73,10 @@ class MixerConfig(PreTrainedConfig):
     tokens_mlp_dim: int = 384
     channels_mlp_dim: int = 3072
     hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-6
-    hidden_dropout_prob: float = 0.0
-    drop_path_rate: float = 0.0
-    initializer_range: float = 0.02
+    layer_norm_eps: float | int = 1e-6
+    hidden_dropout_prob: float | int = 0.0
+    drop_path_rate: float | int = 0.0
+    initializer_range: float | int = 0.02
     modality: str = "image"
     image_size: int = 224
     patch_size: int = 16
@@ -87,46 +89,46 @@ class MixerConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         self.auto_map = {**MIXER_AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
-        self._check_values()
 
-    def _check_values(self):
+    # `@strict` checks each field's type (on creation and on every assignment) and runs the `validate_*` methods
+    # (on creation, and on `config.validate()`), as transformers' own configs do.
+    def validate_architecture(self):
+        super().validate_architecture()
         if self.modality not in ("image", "text"):
             raise ValueError(f"MixerConfig.modality must be 'image' or 'text', got {self.modality!r}.")
         positive = ["hidden_size", "num_hidden_layers", "tokens_mlp_dim", "channels_mlp_dim"]
         positive += ["image_size", "patch_size", "num_channels"] if self.modality == "image" else []
         positive += ["vocab_size", "max_position_embeddings"] if self.modality == "text" else []
         for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"MixerConfig.{name} must be a positive integer, got {value!r}.")
-        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"MixerConfig.{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if self.hidden_act not in ACT2FN:
             raise ValueError(
                 f"MixerConfig.hidden_act must be an activation of transformers.activations.ACT2FN "
                 f"(for example 'gelu' or 'gelu_pytorch_tanh'), got {self.hidden_act!r}."
             )
         for name in ("hidden_dropout_prob", "drop_path_rate"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ValueError(f"MixerConfig.{name} must be a probability in [0, 1), got {value!r}.")
-        eps = self.layer_norm_eps  # below float32's smallest normal number it rounds to 0, and 0 / 0 is NaN
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not FLOAT32_TINY <= eps < float("inf"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"MixerConfig.{name} must be a probability in [0, 1), got {getattr(self, name)!r}.")
+        # Below float32's smallest normal number, eps rounds to 0, and 0 / 0 is NaN.
+        if not FLOAT32_TINY <= self.layer_norm_eps < float("inf"):
             raise ValueError(
                 f"MixerConfig.layer_norm_eps must be a positive number that float32 holds (≥ {FLOAT32_TINY:.2g}), "
-                f"got {eps!r}."
+                f"got {self.layer_norm_eps!r}."
             )
         if self.modality == "image" and self.image_size % self.patch_size:
             raise ValueError(
                 f"MixerConfig.image_size ({self.image_size}) must be a multiple of MixerConfig.patch_size "
                 f"({self.patch_size}): the image is cut into non-overlapping patches."
             )
-        if self.modality == "text" and self.pad_token_id is not None:
-            if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int) or not (
-                0 <= self.pad_token_id < self.vocab_size
-            ):
-                raise ValueError(
-                    f"MixerConfig.pad_token_id must be None or an id in [0, vocab_size={self.vocab_size}), "
-                    f"got {self.pad_token_id!r}."
-                )
+
+    def validate_token_ids(self):
+        super().validate_token_ids()  # a warning only, for configs of any kind on the Hub
+        if self.modality == "text" and self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"MixerConfig.pad_token_id must be None or an id in [0, vocab_size={self.vocab_size}), "
+                f"got {self.pad_token_id!r}."
+            )
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):

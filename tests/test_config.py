@@ -1,5 +1,6 @@
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
 from configuration_mixer import MIXER_VARIANTS, MixerConfig
 from modeling_mixer import MixerForImageClassification
@@ -47,8 +48,12 @@ def test_from_variant_overrides_and_unknown_variant():
     ],
 )
 def test_invalid_values_name_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=rf"MixerConfig\.{field}"):
+    # transformers' @strict configs: a wrong type is named by the dataclass check, a wrong value by our validators.
+    with pytest.raises(StrictDataclassError, match=rf"MixerConfig\.{field}|field '{field}'"):
         MixerConfig(**kwargs)
+    config = MixerConfig()
+    with pytest.raises(StrictDataclassError, match="(?s)field 'hidden_size'.*expected int, got str"):
+        config.hidden_size = "768"  # also on assignment
 
 
 def test_text_config_ignores_image_fields_and_vice_versa():

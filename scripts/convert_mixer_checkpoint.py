@@ -191,10 +191,16 @@ def image_processor(image_size: int, preprocessing: str = "google") -> ViTImageP
 
 
 def resize_image_processor(processor: ViTImageProcessor, image_size: int) -> ViTImageProcessor:
-    """The same transform for another image_size (after `model.resize_token_mixing(image_size)`), same crop ratio."""
-    crop_pct = processor.crop_size["height"] / processor.size["shortest_edge"]
-    processor.size = {"shortest_edge": math.floor(image_size / crop_pct)}
-    processor.crop_size = {"height": image_size, "width": image_size}
+    """
+    The same transform for another image_size (after `model.resize_token_mixing(image_size)`): a resize to a fixed
+    size resizes to the new one, a resize of the shortest edge and center crop keeps its crop ratio.
+    """
+    if "shortest_edge" in processor.size:
+        crop_pct = processor.crop_size["height"] / processor.size["shortest_edge"]
+        processor.size = {"shortest_edge": math.floor(image_size / crop_pct)}
+        processor.crop_size = {"height": image_size, "width": image_size}
+    else:
+        processor.size = {"height": image_size, "width": image_size}
     return processor
 
 

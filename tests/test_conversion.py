@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import sys
 from functools import partial
 
 import numpy as np
@@ -22,11 +23,17 @@ from transformers import (
 )
 
 from configuration_mixer import MixerConfig
-from helpers import import_script, run_without_package
-from modeling_mixer import MixerForImageClassification
+from helpers import ROOT, import_script, run_without_package
+from modeling_mixer import MixerForImageClassification, MixerModel
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import evaluate_resize  # noqa: E402
+from run_image_classification import fashion_mnist  # noqa: E402
 
 convert = import_script("convert_mixer_checkpoint")
 plot = import_script("plot_token_mixing")
+FASHION_MNIST_SAMPLE = ROOT / "tests/data/fashion-mnist"
+TRAINED_MIXER = ROOT / "tests/data/mixer-fashion-mnist-28"  # made by scripts/make_resize_test_model.py
 
 VARIANTS = ["mixer_s32_224", "mixer_s16_224", "mixer_b32_224", "mixer_b16_224", "mixer_l32_224", "mixer_l16_224"]
 IMAGENET_LABELS = ImageNetInfo().label_descriptions()
@@ -330,16 +337,80 @@ def test_resize_token_mixing_tiles_the_image(tmp_path):
     for key, value in resized.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], value), key
 
-    with pytest.raises(ValueError, match=r"whole multiple K ≥ 1 of the current image_size 224 .*got 336"):
-        model.resize_token_mixing(336)
-    with pytest.raises(ValueError, match=r"got 112"):
-        model.resize_token_mixing(112)
+    with pytest.raises(ValueError, match=r"image_size must be a positive multiple of patch_size 16, got 230\."):
+        model.resize_token_mixing(230)
+    with pytest.raises(ValueError, match=r"got 0\."):
+        model.resize_token_mixing(0)
+    text = MixerModel(MixerConfig(modality="text", hidden_size=32, num_hidden_layers=1, tokens_mlp_dim=8,
+                                  channels_mlp_dim=32, max_position_embeddings=16))
+    with pytest.raises(ValueError, match="resize_token_mixing is for image Mixers, this one has modality='text'"):
+        text.resize_token_mixing(448)
+
+
+@pytest.fixture(scope="module")
+def trained_mixer():
+    """A small Mixer trained on Fashion-MNIST at 28×28 (7×7 patches of 4), and the sample's 500 test images."""
+    model = MixerForImageClassification.from_pretrained(TRAINED_MIXER).eval()
+    processor = AutoImageProcessor.from_pretrained(TRAINED_MIXER)
+    test = fashion_mnist(FASHION_MNIST_SAMPLE)["test"]
+    return model, processor, [image.convert("RGB") for image in test["image"]], torch.tensor(test["label"])
+
+
+def accuracy(model, processor, images, labels):
+    with torch.no_grad():
+        return (model(processor(images, return_tensors="pt").pixel_values).logits.argmax(-1) == labels).float().mean()
+
+
+@pytest.mark.parametrize("size, kept", [(36, 0.8), (40, 0.8), (20, 0.7)])
+def test_resize_token_mixing_resamples_a_trained_model(trained_mixer, tmp_path, size, kept):
+    """
+    At a size that is no whole multiple (36 and 40: 9×9 and 10×10 patches; 20: 5×5), the resampled model classifies
+    the test images, resized to the new size, before any fine-tuning: it keeps most of the model's accuracy at 28
+    (chance is 10%), with D_S unchanged. (On these 500 images: 89.8% at 28; 78.8% at 36, 68.4% at 20.)
+    """
+    model, processor, images, labels = trained_mixer
+    resized = copy.deepcopy(model).resize_token_mixing(size)
+    config = resized.config
+    assert (config.image_size, config.num_tokens, config.tokens_mlp_dim) == (size, (size // 4) ** 2, 32)
+    new_processor = convert.resize_image_processor(copy.deepcopy(processor), size)
+    assert new_processor.size == {"height": size, "width": size}
+    original, ours = accuracy(model, processor, images, labels), accuracy(resized, new_processor, images, labels)
+    assert original > 0.8 and ours > kept * original, (original, ours)
+
+    # The filters' scale: the first token-mixing layer's pre-activations keep their size on the resized images.
+    def pre_activations(mixer, processor):
+        with torch.no_grad():
+            embeddings = mixer.mixer.embeddings(processor(images[:100], return_tensors="pt").pixel_values)
+            token_mixing = mixer.mixer.layers[0].token_mixing
+            return token_mixing.fc1(mixer.mixer.layers[0].token_norm(embeddings).transpose(1, 2))
+    ratio = pre_activations(resized, new_processor).std() / pre_activations(model, processor).std()
+    assert 0.8 < ratio < 1.25, ratio
+
+    resized.save_pretrained(tmp_path)  # the updated config rebuilds the same shapes
+    reloaded = MixerForImageClassification.from_pretrained(tmp_path)
+    for key, value in resized.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], value), key
+
+
+def test_evaluate_resize_script(tmp_path, capsys):
+    evaluate_resize.main(["--model", str(TRAINED_MIXER), "--sizes", "36", "--fashion_mnist_dir",
+                          str(FASHION_MNIST_SAMPLE), "--save_dir", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "500 test images: " in printed and "resized to 36 (tokens 81, D_S 32): " in printed, printed
+    resized = MixerForImageClassification.from_pretrained(tmp_path / "resized-36")
+    reinit = MixerForImageClassification.from_pretrained(tmp_path / "reinit-36")
+    assert AutoImageProcessor.from_pretrained(tmp_path / "reinit-36").size == {"height": 36, "width": 36}
+    for key, value in resized.state_dict().items():  # only the token-mixing weights differ
+        assert torch.equal(reinit.state_dict()[key], value) != (".token_mixing." in key), key
 
 
 def test_resize_image_processor():
     processor = convert.resize_image_processor(convert.image_processor(224), 448)
     assert processor.size == {"shortest_edge": 512} and processor.crop_size == {"height": 448, "width": 448}
     assert processor(sample_image(), return_tensors="pt").pixel_values.shape == (1, 3, 448, 448)
+    processor = convert.resize_image_processor(ViTImageProcessor(size={"height": 28, "width": 28}), 36)
+    assert processor.size == {"height": 36, "width": 36}
+    assert processor(sample_image(), return_tensors="pt").pixel_values.shape == (1, 3, 36, 36)
 
 
 # ------------------------------------------------------------------------------------------------ figures

@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""
+Accuracy of an image Mixer at other input sizes, before any fine-tuning: `model.resize_token_mixing(size)` with its
+image processor resized alike, on Fashion-MNIST's test images resized to each size, against the model at its own
+size. `--save_dir` also writes, for each size, the two starts of the fine-tune comparison in docs/vision.md: the
+resized model (`resized-SIZE`) and the same with freshly initialised token-mixing weights (`reinit-SIZE`).
+
+    python scripts/evaluate_resize.py --model tests/data/mixer-fashion-mnist-28 --sizes 20 36 40 56 \
+        --save_dir outputs/resize
+"""
+
+import argparse
+import copy
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from transformers import AutoImageProcessor
+
+from convert_mixer_checkpoint import resize_image_processor
+from modeling_mixer import MixerForImageClassification
+from run_image_classification import FASHION_MNIST, fashion_mnist
+
+
+@torch.no_grad()
+def accuracy(model, processor, images, labels, batch_size=500) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        batch = [PIL.Image.fromarray(image).convert("RGB") for image in images[start:start + batch_size]]
+        logits = model(processor(batch, return_tensors="pt")["pixel_values"]).logits
+        correct += (logits.argmax(-1) == torch.as_tensor(labels[start:start + batch_size])).sum().item()
+    return correct / len(images)
+
+
+def reinit_token_mixing(model):
+    """The same model with the token-mixing MLPs initialised afresh (every other weight kept)."""
+    fresh = MixerForImageClassification(model.config)
+    kept = {key: value for key, value in model.state_dict().items() if ".token_mixing." not in key}
+    missing = fresh.load_state_dict(kept, strict=False).missing_keys
+    assert missing and all(".token_mixing." in key for key in missing), missing
+    return fresh
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a saved image Mixer with its image processor")
+    parser.add_argument("--sizes", type=int, nargs="+", required=True, help="input sizes, multiples of the patch")
+    parser.add_argument("--fashion_mnist_dir", default=str(FASHION_MNIST))
+    parser.add_argument("--save_dir", type=Path, help="write resized-SIZE and reinit-SIZE folders here")
+    args = parser.parse_args(argv)
+    test = fashion_mnist(args.fashion_mnist_dir)["test"].with_format("numpy")
+    images, labels = np.stack(test["image"]), test["label"]
+    model = MixerForImageClassification.from_pretrained(args.model)
+    processor = AutoImageProcessor.from_pretrained(args.model)
+    size = model.config.image_size
+    print(f"{args.model}, {len(labels)} test images: {accuracy(model, processor, images, labels):.2%} at {size}")
+    for new_size in args.sizes:
+        resized = copy.deepcopy(model).resize_token_mixing(new_size)
+        new_processor = resize_image_processor(copy.deepcopy(processor), new_size)
+        print(f"  resized to {new_size} (tokens {resized.config.num_tokens}, D_S {resized.config.tokens_mlp_dim}): "
+              f"{accuracy(resized, new_processor, images, labels):.2%}")
+        if args.save_dir:
+            for name, start in [("resized", resized), ("reinit", reinit_token_mixing(resized))]:
+                start.save_pretrained(args.save_dir / f"{name}-{new_size}")
+                new_processor.save_pretrained(args.save_dir / f"{name}-{new_size}")
+
+
+if __name__ == "__main__":
+    main()

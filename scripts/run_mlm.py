@@ -21,12 +21,12 @@ import importlib.metadata
 import logging
 import re
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, IterableDatasetDict
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForMaskedLM,
@@ -58,6 +58,7 @@ from modeling_mixer import MixerForMaskedLM
 
 logger = logging.getLogger(__name__)
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+STREAMING_SHUFFLE_BUFFER = 10_000  # blocks (of --max_seq_length tokens) held to shuffle a streamed corpus
 
 # The size of a new model, before --config_overrides: about the compute-optimal size for the main job's budget
 # (docs/text.md). The peers get the Mixer's width, depth and length, its channels_mlp_dim as their feed-forward
@@ -119,6 +120,12 @@ class DataTrainingArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training texts."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many evaluation blocks."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for preprocessing."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read the corpus while training (a datasets IterableDataset, tokenized and grouped on the "
+                  "fly, nothing cached): for corpora larger than memory or disk. Needs --max_steps. The evaluation "
+                  "blocks (at most --max_eval_samples) are read into memory."},
+    )
     fill_mask_examples: int = field(
         default=5, metadata={"help": "After saving, reload the model and fill a masked token in this many texts."}
     )
@@ -152,12 +159,18 @@ def shakespeare() -> DatasetDict:
     return DatasetDict({split: Dataset.from_dict({"text": texts}) for split, texts in splits.items()})
 
 
-def load_raw_datasets(data_args, model_args) -> DatasetDict:
+def load_raw_datasets(data_args, model_args) -> DatasetDict | IterableDatasetDict:
+    """
+    The texts, a split each for training and evaluation, holding the text column only; with --streaming, read as
+    they are used (IterableDatasets).
+    """
     hint = "Pass --dataset_name (a Hub dataset), --train_file/--validation_file, or nothing for Shakespeare."
+    streaming = data_args.streaming
     if data_args.dataset_name is not None:
         raw = load_dataset_or_explain(
             data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir,
-            token=model_args.token, trust_remote_code=model_args.trust_remote_code or None, hint=hint,
+            token=model_args.token, trust_remote_code=model_args.trust_remote_code or None, streaming=streaming,
+            hint=hint,
         )
     elif data_args.train_file is not None:
         files = {"train": data_args.train_file}
@@ -171,16 +184,30 @@ def load_raw_datasets(data_args, model_args) -> DatasetDict:
         if extension not in ("text", "csv", "json"):
             raise ValueError(f"--train_file must be a .txt, .csv, .json or .jsonl file, got {data_args.train_file}.")
         kwargs = {"keep_linebreaks": True} if extension == "text" else {}
-        raw = load_dataset_or_explain(extension, data_files=files, cache_dir=model_args.cache_dir, hint=hint, **kwargs)
+        raw = load_dataset_or_explain(extension, data_files=files, cache_dir=model_args.cache_dir,
+                                      streaming=streaming, hint=hint, **kwargs)
     else:
         raw = DatasetDict(shakespeare())  # a copy: the splits are replaced below
+        if streaming:
+            raw = IterableDatasetDict({split: dataset.to_iterable_dataset() for split, dataset in raw.items()})
+    if "train" not in raw:
+        raise ValueError(f"The dataset has no 'train' split (its splits: {', '.join(raw)}).")
     for split in raw:
         check_column(raw[split], data_args.text_column_name, "--text_column_name")
-    if "validation" not in raw:
-        share = data_args.validation_split_percentage
+        raw[split] = raw[split].select_columns([data_args.text_column_name])
+    share = data_args.validation_split_percentage
+    if "validation" not in raw and streaming:  # of unknown length: every k-th text is held out
+        every = max(2, round(100 / share))
+        raw = IterableDatasetDict(
+            train=raw["train"].filter(lambda _, i: i % every != every - 1, with_indices=True),
+            validation=raw["train"].filter(lambda _, i: i % every == every - 1, with_indices=True),
+        )
+    elif "validation" not in raw:
         held_out = raw["train"].train_test_split(test_size=share / 100, shuffle=False)
         raw = DatasetDict(train=held_out["train"], validation=held_out["test"])
-    if data_args.max_train_samples is not None:
+    if data_args.max_train_samples is not None and streaming:
+        raw["train"] = raw["train"].take(data_args.max_train_samples)
+    elif data_args.max_train_samples is not None:
         raw["train"] = raw["train"].select(range(min(len(raw["train"]), data_args.max_train_samples)))
     return raw
 
@@ -224,6 +251,30 @@ def group_texts(examples, indices, tokenizer, block_size: int, short_seq_probabi
         "input_ids": [[tokenizer.cls_token_id, *b, tokenizer.sep_token_id] for b in blocks],
         "special_tokens_mask": [[1, *[0] * len(b), 1] for b in blocks],
     }
+
+
+def tokenize_and_group(raw, tokenizer, data_args, block_size: int, seed: int):
+    """
+    The texts tokenized without special tokens, then cut into blocks of `block_size` by `group_texts`, a split each.
+    Streamed, both steps run as the blocks are read, on the same batches of 1,000 texts as in memory (unless
+    --preprocessing_num_workers splits the data): the same blocks in the same order.
+    """
+    column = data_args.text_column_name
+    streaming = isinstance(raw, IterableDatasetDict)
+    in_memory = {} if streaming else {"num_proc": data_args.preprocessing_num_workers}  # not for IterableDatasets
+    tokenized = raw.map(
+        lambda batch: tokenizer(batch[column], add_special_tokens=False, return_attention_mask=False, verbose=False),
+        batched=True, remove_columns=[column], **in_memory, **({} if streaming else {"desc": "Tokenizing"}),
+    )
+    return type(raw)({
+        split: tokenized[split].map(
+            group_texts, batched=True, with_indices=True, **in_memory,
+            fn_kwargs=dict(tokenizer=tokenizer, block_size=block_size, seed=seed,
+                           short_seq_probability=data_args.short_seq_probability if split == "train" else 0.0),
+            **({} if streaming else {"desc": f"Grouping into blocks of {block_size}"}),
+        )
+        for split in tokenized
+    })
 
 
 class DataCollatorForMaskedLM(DataCollatorForLanguageModeling):
@@ -272,6 +323,9 @@ def parse_args(argv=None):
 def main(argv=None):
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
+    if data_args.streaming and training_args.do_train and training_args.max_steps <= 0:
+        raise ValueError(f"--streaming reads a corpus of unknown length: give the number of training steps with "
+                         f"--max_steps N (got --max_steps {training_args.max_steps}).")
     logger.info(f"Training/evaluation parameters {training_args}")
     set_seed(training_args.seed)
 
@@ -285,7 +339,7 @@ def main(argv=None):
     else:  # trained and saved by the first process (token ids must agree across processes), loaded by the others
         with training_args.main_process_first(local=False, desc="training the tokenizer"):
             if training_args.process_index == 0:
-                texts = (raw["train"][i: i + 1000][column] for i in range(0, len(raw["train"]), 1000))
+                texts = (batch[column] for batch in raw["train"].iter(batch_size=1000))  # also streamed
                 tokenizer = train_tokenizer(texts, model_args, data_args.max_seq_length)
                 tokenizer.save_pretrained(training_args.output_dir)  # where the Trainer saves it again at the end
             else:
@@ -313,34 +367,28 @@ def main(argv=None):
 
     # Tokenize without special tokens, then cut into blocks of max_length between [CLS] and [SEP].
     with training_args.main_process_first(desc="tokenizing and grouping"):
-        tokenized = raw.map(
-            lambda batch: tokenizer(batch[column], add_special_tokens=False, return_attention_mask=False,
-                                    verbose=False),
-            batched=True, num_proc=data_args.preprocessing_num_workers, remove_columns=raw["train"].column_names,
-            desc="Tokenizing",
-        )
-        lm_datasets = DatasetDict({
-            split: tokenized[split].map(
-                group_texts, batched=True, with_indices=True, num_proc=data_args.preprocessing_num_workers,
-                fn_kwargs=dict(tokenizer=tokenizer, block_size=max_length, seed=training_args.seed,
-                               short_seq_probability=data_args.short_seq_probability if split == "train" else 0.0),
-                desc=f"Grouping into blocks of {max_length}",
-            )
-            for split in tokenized
-        })
+        lm_datasets = tokenize_and_group(raw, tokenizer, data_args, max_length, training_args.seed)
     train_dataset, eval_dataset = lm_datasets["train"], lm_datasets["validation"]
-    if data_args.max_eval_samples is not None:
+    if data_args.streaming:
+        # Blocks are shuffled within a buffer, afresh each pass (the Trainer's set_epoch); evaluation blocks are read
+        # once into memory, to be masked once and evaluated on again and again.
+        train_dataset = train_dataset.shuffle(seed=training_args.seed, buffer_size=STREAMING_SHUFFLE_BUFFER)
+        eval_dataset = Dataset.from_list(list(islice(eval_dataset, data_args.max_eval_samples)))
+        if training_args.do_train and next(iter(train_dataset.take(1)), None) is None:
+            raise ValueError(f"The training text is shorter than one block of {max_length} tokens.")
+    elif data_args.max_eval_samples is not None:
         eval_dataset = eval_dataset.select(range(min(len(eval_dataset), data_args.max_eval_samples)))
     eval_dataset = eval_dataset.map(
         mask_once, batched=True, remove_columns=eval_dataset.column_names, desc="Masking the evaluation blocks",
         fn_kwargs={"collator": DataCollatorForLanguageModeling(tokenizer, data_args.mlm_probability,
                                                                seed=training_args.seed)},
     )
-    for split, dataset, needed in [("training", train_dataset, training_args.do_train),
+    for split, dataset, needed in [("training", train_dataset, training_args.do_train and not data_args.streaming),
                                    ("evaluation", eval_dataset, training_args.do_eval)]:
         if needed and len(dataset) == 0:
             raise ValueError(f"The {split} text is shorter than one block of {max_length} tokens.")
-    logger.info(f"{len(train_dataset)} training blocks, {len(eval_dataset)} evaluation blocks of {max_length} tokens")
+    logger.info(f"{'Streamed' if data_args.streaming else len(train_dataset)} training blocks, {len(eval_dataset)} "
+                f"evaluation blocks of {max_length} tokens")
 
     metric = load_metric("accuracy")
 
@@ -372,7 +420,9 @@ def main(argv=None):
     results = train_evaluate_save(trainer, training_args, train_dataset, eval_dataset, card, perplexity=True)
 
     if training_args.do_train and training_args.should_save and data_args.fill_mask_examples > 0:
-        show_fill_mask(training_args.output_dir, raw["validation"][column], data_args.fill_mask_examples)
+        texts = raw["validation"][column] if not data_args.streaming else [
+            row[column] for row in islice(raw["validation"], 10_000)]  # a stream's first ones
+        show_fill_mask(training_args.output_dir, texts, data_args.fill_mask_examples)
     return results
 
 

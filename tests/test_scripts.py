@@ -25,7 +25,8 @@ import run_image_classification  # noqa: E402
 import run_mlm  # noqa: E402
 
 TINY_MIXER_TEXT = "hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=32,channels_mlp_dim=64"
-TINY_MLM = ["--config_overrides", TINY_MIXER_TEXT, "--max_seq_length", "32", "--max_train_samples", "400",
+TINY_MLM = ["--config_overrides", TINY_MIXER_TEXT, "--tokenizer_type", "char", "--max_seq_length", "32",
+            "--max_train_samples", "400",
             "--max_eval_samples", "32", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
             "--learning_rate", "5e-3", "--logging_steps", "5", "--eval_steps", "1000", "--use_cpu",
             "--disable_tqdm", "true", "--fill_mask_examples", "2"]
@@ -98,6 +99,35 @@ def test_mlm_bert_baseline_from_text_files_with_wordpiece(tmp_path):
     assert model.config.max_position_embeddings == 32 and model.config.vocab_size <= 400
     answers = pipeline("fill-mask", model=str(output_dir))("the king is [MASK] .", top_k=2)
     assert len(answers) == 2 and all(isinstance(a["token_str"], str) for a in answers)
+
+
+def test_mlm_default_job_is_subword_and_fills_whole_words(tmp_path, capsys):
+    """The main job's tokenizer and block length (WordPiece, 128 tokens), on a tiny model and a slice of the data."""
+    args = TINY_MLM[:2] + TINY_MLM[6:]  # without --tokenizer_type char --max_seq_length 32
+    results = run_mlm.main(args + ["--tokenizer_vocab_size", "1000", "--output_dir", str(tmp_path), "--max_steps", "20",
+                                   "--per_device_train_batch_size", "8", "--fill_mask_examples", "3"])
+    assert 0 < results["eval_accuracy"] <= 1 and results["eval_samples"] == 32
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    model = AutoModelForMaskedLM.from_pretrained(tmp_path)
+    assert model.config.max_position_embeddings == 128 == tokenizer.model_max_length
+    assert tokenizer.tokenize("To be, or not") == ["to", "be", ",", "or", "not"]  # lower-cased words
+    assert any(token.startswith("##") for token in tokenizer.get_vocab())  # and WordPiece continuations
+    printed = capsys.readouterr().out
+    answers = re.findall(r"\(the text has '(.*?)'\)", printed)
+    assert len(answers) == 3 and all(a.isalpha() for a in answers), printed  # whole words, not ## pieces
+    prompts = re.findall(r"^  ['\"](.*)['\"]$", printed, flags=re.M)
+    assert len(prompts) == 3 and all(p.count("[MASK]") == 1 and "##" not in p for p in prompts), printed
+
+
+def test_mlm_fnet_baseline_trains(tmp_path):
+    args = ["--model_type", "fnet", "--config_overrides", "hidden_size=32,num_hidden_layers=2,intermediate_size=64"]
+    results = run_mlm.main(TINY_MLM[2:] + args + ["--output_dir", str(tmp_path), "--max_steps", "40"])
+    train_losses = losses(tmp_path)
+    assert train_losses[-1] < train_losses[0] - 0.5, train_losses
+    assert 0 < results["eval_accuracy"] <= 1
+    model = AutoModelForMaskedLM.from_pretrained(tmp_path)
+    assert type(model).__name__ == "FNetForMaskedLM" and model.config.hidden_dropout_prob == 0.0
+    assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.max_position_embeddings) == (32, 2, 32)
 
 
 @pytest.mark.parametrize(

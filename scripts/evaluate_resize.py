@@ -2,8 +2,9 @@
 """
 Accuracy of an image Mixer at other input sizes, before any fine-tuning: `model.resize_token_mixing(size)` with its
 image processor resized alike, on Fashion-MNIST's test images resized to each size, against the model at its own
-size. `--save_dir` also writes, for each size, the two starts of the fine-tune comparison in docs/vision.md: the
-resized model (`resized-SIZE`) and the same with freshly initialised token-mixing weights (`reinit-SIZE`).
+size on the same images resized back. `--save_dir` also writes, for each size, the two starts of the fine-tune
+comparison in docs/vision.md: the resized model (`resized-SIZE`) and the same with freshly initialised token-mixing
+weights (`reinit-SIZE`).
 
     python scripts/evaluate_resize.py --model tests/data/mixer-fashion-mnist-28 --sizes 20 36 40 56 \
         --save_dir outputs/resize
@@ -59,8 +60,12 @@ def main(argv=None):
     for new_size in args.sizes:
         resized = copy.deepcopy(model).resize_token_mixing(new_size)
         new_processor = resize_image_processor(copy.deepcopy(processor), new_size)
+        # The images at the new size (bilinear, as the processor resizes), then back to the model's size.
+        there = np.stack([np.asarray(PIL.Image.fromarray(image).resize((new_size, new_size), PIL.Image.BILINEAR))
+                          for image in images])
         print(f"  resized to {new_size} (tokens {resized.config.num_tokens}, D_S {resized.config.tokens_mlp_dim}): "
-              f"{accuracy(resized, new_processor, images, labels):.2%}")
+              f"{accuracy(resized, new_processor, images, labels):.2%}; the input resized back to {size}: "
+              f"{accuracy(model, processor, there, labels):.2%}")
         if args.save_dir:
             for name, start in [("resized", resized), ("reinit", reinit_token_mixing(resized))]:
                 start.save_pretrained(args.save_dir / f"{name}-{new_size}")

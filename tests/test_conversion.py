@@ -397,6 +397,7 @@ def test_evaluate_resize_script(tmp_path, capsys):
                           str(FASHION_MNIST_SAMPLE), "--save_dir", str(tmp_path)])
     printed = capsys.readouterr().out
     assert "500 test images: " in printed and "resized to 36 (tokens 81, D_S 32): " in printed, printed
+    assert "; the input resized back to 28: " in printed, printed
     resized = MixerForImageClassification.from_pretrained(tmp_path / "resized-36")
     reinit = MixerForImageClassification.from_pretrained(tmp_path / "reinit-36")
     assert AutoImageProcessor.from_pretrained(tmp_path / "reinit-36").size == {"height": 36, "width": 36}

@@ -4,6 +4,7 @@ import importlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -44,11 +45,23 @@ def text_files(tmp_path_factory):
     return ["--train_file", str(folder / "train.txt"), "--validation_file", str(folder / "validation.txt")]
 
 
-def torchrun(*args, nproc=2, timeout=300):
+def torchrun(*args, nproc=2, timeout=300) -> subprocess.CompletedProcess:
+    """
+    `torchrun --standalone` (a free port), stopped with SIGTERM if it outlasts `timeout`: torchrun then stops its
+    workers, which run in sessions of their own (SIGKILL to torchrun would leave them running).
+    """
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                *map(str, args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                          env=env) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGTERM)
+            stdout, stderr = process.communicate()
+            pytest.fail(f"torchrun ran past {timeout} s:\n{(stdout + stderr)[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def test_fsdp2_shards_each_head_and_matches_one_process_on_the_whole_batches(tmp_path):

@@ -3,7 +3,6 @@ tests/data, made by scripts/make_fashion_mnist_sample.py)."""
 
 import json
 import math
-import os
 import re
 import signal
 import subprocess
@@ -290,26 +289,6 @@ def test_mlm_killed_mid_run_resumes_to_the_same_weights_and_metrics(tmp_path):
     history = [json.loads((path / "trainer_state.json").read_text())["log_history"]
                for path in (tmp_path / "straight", killed)]
     assert [e["loss"] for e in history[1] if "loss" in e] == [e["loss"] for e in history[0] if "loss" in e]
-
-
-def test_mlm_on_two_cpu_processes(tmp_path):
-    output_dir = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-               str(ROOT / "scripts" / "run_mlm.py"), *TINY_MLM, "--max_steps", "6", "--fill_mask_examples", "0",
-               "--output_dir", str(output_dir)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    for rank in (0, 1):
-        assert re.search(f"Process rank: {rank}, world size: 2, device: cpu(:0)?, distributed training: True", output)
-    # Both ranks drew batches: an epoch is half as many steps as one process would need.
-    state = json.loads((output_dir / "trainer_state.json").read_text())
-    train_blocks = json.loads((output_dir / "train_results.json").read_text())["train_samples"]
-    assert state["global_step"] == 6 and state["epoch"] == pytest.approx(6 / (train_blocks / (2 * 16)), rel=0.05)
-    model = AutoModelForMaskedLM.from_pretrained(output_dir)
-    assert type(model).__name__ == "MixerForMaskedLM"
-    assert pipeline("fill-mask", model=str(output_dir))("To be or not to b[MASK]", top_k=1)[0]["token_str"]
 
 
 def test_mlm_trains_in_bf16_without_nan(tmp_path):

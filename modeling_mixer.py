@@ -209,37 +209,59 @@ class MixerPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def resize_token_mixing(self, image_size: int):
         """
-        Prepares fine-tuning at a higher resolution (the paper's Appendix C): `image_size` = K × the current one, so
-        S' = K²·S tokens. Each token-mixing MLP grows to K²·D_S hidden units, initialised so that each of the K×K
-        parts of the image is mixed exactly as the pretrained model mixes a whole image: a K×K tiling of an image
-        gives the original logits. Updates the config; returns the model. Resize the image processor as well.
+        Prepares fine-tuning at another resolution: rebuilds the token-mixing MLPs for image_size / patch_size
+        patches a side. Updates the config; returns the model. Resize the image processor as well.
+
+        - `image_size` = K × the current one (the paper's Appendix C, exact): S' = K²·S tokens, and each token-mixing
+          MLP grows to K²·D_S hidden units, initialised so that each of the K×K parts of the image is mixed exactly
+          as the pretrained model mixes a whole image: a K×K tiling of an image gives the original logits.
+        - any other multiple of patch_size (approximate): D_S stays, and the weights are resampled over the patch
+          grid (bicubic, as ViT's `interpolate_pos_encoding` resamples position embeddings): each hidden unit's
+          filter (a row of W1), each hidden unit's output map (a column of W2), and b2. The patch projection is
+          unchanged, so the patches see the objects at another scale: fine-tune at the new size.
         """
         mixer, config = self.base_model, self.config
         if config.modality != "image":
             raise ValueError(f"resize_token_mixing is for image Mixers, this one has modality={config.modality!r}.")
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 or (
+            image_size % config.patch_size
+        ):
+            raise ValueError(f"image_size must be a positive multiple of patch_size {config.patch_size}, got "
+                             f"{image_size!r}.")
+        grid, new_grid = config.image_size // config.patch_size, image_size // config.patch_size
         k = image_size // config.image_size
-        if k < 1 or k * config.image_size != image_size:
-            raise ValueError(
-                f"image_size must be a whole multiple K ≥ 1 of the current image_size {config.image_size} "
-                f"({config.image_size}, {2 * config.image_size}, ...), got {image_size}."
+        tiled = k * config.image_size == image_size
+        if tiled:
+            # Grouped part by part (token q = part · S + index in the part), the parts never mix: the new weights are
+            # block-diagonal, W1' = diag(W1, ..., W1) of shape (K²D_S, K²S), W2' = diag(W2, ..., W2), b' = (b, ...).
+            # The patches come in row-major order over the (K·grid)² grid: patch (r, c) lies in part
+            # (r // grid, c // grid) at (r % grid, c % grid), so its grouped index is perm[r·K·grid + c] below. Token
+            # t reads column perm[t] of W1' and writes row perm[t] of W2' and b2'.
+            rows, cols = torch.meshgrid(torch.arange(k * grid), torch.arange(k * grid), indexing="ij")
+            perm = (((rows // grid) * k + cols // grid) * grid**2 + (rows % grid) * grid + cols % grid).flatten()
+
+        def resample(maps):  # (n, grid²) → (n, new_grid²), each row a map over the row-major patch grid
+            resized = nn.functional.interpolate(
+                maps.reshape(-1, 1, grid, grid).float(), size=(new_grid, new_grid), mode="bicubic",
+                align_corners=False, antialias=new_grid < grid,  # shrinking averages neighbours instead of skipping
             )
-        grid = config.image_size // config.patch_size  # the pretrained model sees grid × grid patches
-        # Grouped part by part (token q = part · S + index in the part), the parts never mix: the new weights are
-        # block-diagonal, W1' = diag(W1, ..., W1) of shape (K²D_S, K²S), W2' = diag(W2, ..., W2), b' = (b, ..., b).
-        # The patches come in row-major order over the (K·grid)² grid: patch (r, c) lies in part
-        # (r // grid, c // grid) at (r % grid, c % grid), so its grouped index is perm[r·K·grid + c] below. Token t
-        # reads column perm[t] of W1' and writes row perm[t] of W2' and b2'.
-        rows, cols = torch.meshgrid(torch.arange(k * grid), torch.arange(k * grid), indexing="ij")
-        perm = (((rows // grid) * k + cols // grid) * grid**2 + (rows % grid) * grid + cols % grid).flatten()
+            return resized.reshape(-1, new_grid**2).to(maps.dtype)
+
         for layer in mixer.layers:
             fc1, fc2 = layer.token_mixing.fc1, layer.token_mixing.fc2
-            fc1.weight = nn.Parameter(torch.block_diag(*[fc1.weight] * k**2)[:, perm])
-            fc1.bias = nn.Parameter(fc1.bias.repeat(k**2))
-            fc2.weight = nn.Parameter(torch.block_diag(*[fc2.weight] * k**2)[perm])
-            fc2.bias = nn.Parameter(fc2.bias.repeat(k**2)[perm])
+            if tiled:
+                w1, b1 = torch.block_diag(*[fc1.weight] * k**2)[:, perm], fc1.bias.repeat(k**2)
+                w2, b2 = torch.block_diag(*[fc2.weight] * k**2)[perm], fc2.bias.repeat(k**2)[perm]
+            else:
+                # A hidden unit sums its filter times the tokens: on a smooth image, (new_grid / grid)² times as
+                # many terms of about the same size, so the filter is scaled by (grid / new_grid)². The outputs
+                # (rows of W2, b2) are values per token, which keep their size.
+                w1, b1 = resample(fc1.weight) * (grid / new_grid) ** 2, fc1.bias
+                w2, b2 = resample(fc2.weight.T).T, resample(fc2.bias[None])[0]
+            fc1.weight, fc1.bias, fc2.weight, fc2.bias = (nn.Parameter(p.contiguous()) for p in (w1, b1, w2, b2))
             fc1.out_features, fc1.in_features = fc1.weight.shape
             fc2.out_features, fc2.in_features = fc2.weight.shape
-        tokens_mlp_dim = config.tokens_mlp_dim * k**2
+        tokens_mlp_dim = config.tokens_mlp_dim * k**2 if tiled else config.tokens_mlp_dim
         for cfg in (config, mixer.config):  # one object, unless a caller split them
             cfg.image_size, cfg.tokens_mlp_dim = image_size, tokens_mlp_dim
         return self

@@ -18,6 +18,7 @@ Writes `<output_dir>/benchmark.json`, `benchmark.md` (the table printed at the e
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -49,15 +50,20 @@ class Case:
 
 
 IMAGE_MODELS = ("mixer", "mixer-compiled", "timm", "timm-compiled", "vit", "vit-compiled")
-TEXT_MODELS = ("mixer", "mixer-compiled", "bert", "bert-compiled")
+TEXT_MODELS = ("mixer", "mixer-compiled", "bert", "bert-compiled", "fnet", "fnet-compiled")
 TEXT = dict(modality="text", hidden_size=512, num_hidden_layers=8, tokens_mlp_dim=256, channels_mlp_dim=2048,
             vocab_size=30522)
+LABELLED = 0.15  # the share of text tokens that carry an MLM label: the Mixer's decoder runs on those only
 TINY = dict(hidden_size=32, num_hidden_layers=2, tokens_mlp_dim=16, channels_mlp_dim=64)
 CASES = {case.name: case for case in [
     Case("S/16", MixerConfig.from_variant("S/16", num_labels=1000), IMAGE_MODELS),
     Case("B/16", MixerConfig.from_variant("B/16", num_labels=1000), IMAGE_MODELS),
     Case("text-128", MixerConfig(**TEXT, max_position_embeddings=128), TEXT_MODELS),
     Case("text-512", MixerConfig(**TEXT, max_position_embeddings=512), TEXT_MODELS),
+    Case("text-2048", MixerConfig(**TEXT, max_position_embeddings=2048), TEXT_MODELS),
+    # The main job's models (scripts/run_mlm.py's defaults: WordPiece 8,192, blocks of 128); time it with batch 32.
+    Case("mlm-job", MixerConfig(modality="text", hidden_size=128, num_hidden_layers=4, tokens_mlp_dim=128,
+                                channels_mlp_dim=512, vocab_size=8192, max_position_embeddings=128), TEXT_MODELS),
     # Small enough for the test suite's smoke run.
     Case("tiny-image", MixerConfig(**TINY, image_size=32, patch_size=8, num_labels=10), IMAGE_MODELS),
     Case("tiny-text", MixerConfig(**TINY, modality="text", vocab_size=100, max_position_embeddings=16), TEXT_MODELS),
@@ -99,6 +105,14 @@ def build(case: Case, name: str) -> torch.nn.Module:
             max_position_embeddings=config.max_position_embeddings, hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0,
         ))
+    if base == "fnet":
+        from transformers import FNetConfig, FNetForMaskedLM
+
+        return FNetForMaskedLM(FNetConfig(
+            vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+            intermediate_size=config.channels_mlp_dim, max_position_embeddings=config.max_position_embeddings,
+            hidden_dropout_prob=0.0,
+        ))
     raise ValueError(f"Unknown model {name!r}; expected one of {', '.join(IMAGE_MODELS + TEXT_MODELS)}.")
 
 
@@ -111,8 +125,11 @@ def forward_flops(case: Case, name: str) -> float:
         head = C * c.num_labels
     else:
         S, stem, head = c.max_position_embeddings, 0, c.max_position_embeddings * (C * C + C * c.vocab_size)
+        head *= LABELLED if name.startswith("mixer") else 1
     if name.startswith(("mixer", "timm")):
         layer = S * C * c.tokens_mlp_dim * 2 + S * C * c.channels_mlp_dim * 2
+    elif name.startswith("fnet"):  # a 2-D FFT over tokens and channels (~5 N log2 N real FLOPs), then the MLP
+        layer = 2.5 * S * C * math.log2(S * C) + S * C * c.channels_mlp_dim * 2
     else:  # attention: q, k, v, o projections, scores and weighted sum, then the MLP
         S += name.startswith("vit")  # ViT's class token
         layer = 4 * S * C * C + 2 * S * S * C + 2 * S * C * c.channels_mlp_dim
@@ -126,7 +143,7 @@ def make_inputs(case: Case, batch_size: int, device):
         pixels = torch.randn(batch_size, c.num_channels, c.image_size, c.image_size, generator=generator)
         return {"pixel_values": pixels.to(device)}, torch.randint(0, c.num_labels, (batch_size,), generator=generator)
     ids = torch.randint(5, c.vocab_size, (batch_size, c.max_position_embeddings), generator=generator)
-    labels = torch.where(torch.rand(ids.shape, generator=generator) < 0.15, ids, -100)
+    labels = torch.where(torch.rand(ids.shape, generator=generator) < LABELLED, ids, -100)
     return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}, labels
 
 

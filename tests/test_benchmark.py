@@ -11,14 +11,15 @@ import benchmark  # noqa: E402
 
 def test_benchmark_harness_writes_its_reports(tmp_path):
     benchmark.main([
-        "--cases", "tiny-image,tiny-text", "--models", "mixer,timm,bert", "--modes", "inference,train",
+        "--cases", "tiny-image,tiny-text", "--models", "mixer,timm,bert,fnet", "--modes", "inference,train",
         "--rounds", "2", "--warmup", "1", "--batch_size", "4", "--checkpointing_case", "tiny-image", "--checkpointing_batch_size", "4",
         "--output_dir", str(tmp_path),
     ])
     report = json.loads((tmp_path / "benchmark.json").read_text())
     rows = {(r["case"], r["mode"], r["model"]): r for r in report["results"]}
     assert set(rows) == {(case, mode, model) for case, model in [("tiny-image", "mixer"), ("tiny-image", "timm"),
-                         ("tiny-text", "mixer"), ("tiny-text", "bert")] for mode in ("inference", "train")}
+                         ("tiny-text", "mixer"), ("tiny-text", "bert"), ("tiny-text", "fnet")]
+                         for mode in ("inference", "train")}
     assert report["gemm_peak_flops"] > 1e8
     for row in rows.values():
         assert row["throughput"] > 0 and 0 < row["fraction_of_peak"] < 1

@@ -68,6 +68,10 @@ CASES = {case.name: case for case in [
     Case("tiny-image", MixerConfig(**TINY, image_size=32, patch_size=8, num_labels=10), IMAGE_MODELS),
     Case("tiny-text", MixerConfig(**TINY, modality="text", vocab_size=100, max_position_embeddings=16), TEXT_MODELS),
 ]}
+# Knobs of a whole run, the same for every model in it (set from the command line): torch.compile's mode
+# ("max-autotune" lets inductor tune its GEMMs and fuse bias and GELU into their epilogues, "reduce-overhead" adds
+# CUDA graphs) and AdamW's fused kernel.
+TUNING = {"compile_mode": None, "fused_adamw": False}
 DEFAULT_CASES = ["S/16", "B/16", "text-128", "text-512"]
 
 
@@ -164,7 +168,7 @@ def step_fn(model, name, inputs, labels, mode, device, dtype):
             with torch.no_grad(), autocast:
                 call()
         return run
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=TUNING["fused_adamw"] or None)
 
     def run():
         with autocast:
@@ -199,7 +203,8 @@ def prepare(case, name, mode, batch_size, device, dtype, checkpointing=False):
     if checkpointing:
         model.activation_checkpointing_enable()
     if name.endswith("-compiled"):
-        model = torch.compile(model, fullgraph=name.startswith("mixer"))  # ours must compile without graph breaks
+        # Ours must compile without graph breaks.
+        model = torch.compile(model, fullgraph=name.startswith("mixer"), mode=TUNING["compile_mode"])
     inputs, labels = make_inputs(case, batch_size, device)
     return step_fn(model, name, inputs, labels, mode, device, dtype)
 
@@ -292,9 +297,14 @@ def main(argv=None):
     parser.add_argument("--checkpointing_case", default="B/16", help="case whose training memory is measured with and "
                         "without gradient checkpointing ('' to skip)")
     parser.add_argument("--checkpointing_batch_size", type=int, default=32)
+    parser.add_argument("--compile_mode", default=None, help="torch.compile mode of the -compiled models: "
+                        "default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs")
+    parser.add_argument("--fused_adamw", action="store_true", help="AdamW's fused kernel in the training steps "
+                        "(the CPU memory probes keep the default)")
     parser.add_argument("--output_dir", default="benchmark_results")
     parser.add_argument("--_memory_probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    TUNING.update(compile_mode=args.compile_mode, fused_adamw=args.fused_adamw)
     if args._memory_probe:
         return memory_probe(*json.loads(args._memory_probe))
 
@@ -344,7 +354,7 @@ def main(argv=None):
     output.mkdir(parents=True, exist_ok=True)
     report = dict(machine=machine, device=device.type, dtype=str(dtype), batch_size=batch_size, torch=torch.__version__,
                   gemm_peak_flops=peak, results=results, checkpointing_memory_mib=checkpointing,
-                  checkpointing_case=f"{args.checkpointing_case}, batch {args.checkpointing_batch_size}")
+                  checkpointing_case=f"{args.checkpointing_case}, batch {args.checkpointing_batch_size}", tuning=TUNING)
     (output / "benchmark.json").write_text(json.dumps(report, indent=2))
     table = markdown_table(report)
     (output / "benchmark.md").write_text(table)
@@ -354,7 +364,9 @@ def main(argv=None):
 
 def markdown_table(report) -> str:
     lines = [f"{report['machine']}, {report['dtype']}, batch {report['batch_size']}, torch {report['torch']}; "
-             f"GEMM peak {report['gemm_peak_flops'] / 1e9:.0f} GFLOP/s\n",
+             f"GEMM peak {report['gemm_peak_flops'] / 1e9:.0f} GFLOP/s; torch.compile mode "
+             f"{report['tuning']['compile_mode'] or 'default'}, {'fused' if report['tuning']['fused_adamw'] else 'default'}"
+             " AdamW\n",
              "| case | mode | model | throughput | vs. mixer | % of GEMM peak | peak memory (MiB) |",
              "|---|---|---|---|---|---|---|"]
     for r in report["results"]:

@@ -12,8 +12,7 @@ import benchmark  # noqa: E402
 def test_benchmark_harness_writes_its_reports(tmp_path):
     benchmark.main([
         "--cases", "tiny-image,tiny-text", "--models", "mixer,timm,bert,fnet", "--modes", "inference,train",
-        "--rounds", "2", "--warmup", "1", "--batch_size", "4", "--checkpointing_case", "tiny-image", "--checkpointing_batch_size", "4",
-        "--output_dir", str(tmp_path),
+        "--rounds", "2", "--warmup", "1", "--batch_size", "4", "--no_memory", "--fused_adamw", "--output_dir", str(tmp_path),
     ])
     report = json.loads((tmp_path / "benchmark.json").read_text())
     rows = {(r["case"], r["mode"], r["model"]): r for r in report["results"]}
@@ -21,14 +20,24 @@ def test_benchmark_harness_writes_its_reports(tmp_path):
                          ("tiny-text", "mixer"), ("tiny-text", "bert"), ("tiny-text", "fnet")]
                          for mode in ("inference", "train")}
     assert report["gemm_peak_flops"] > 1e8
+    assert report["tuning"] == {"compile_mode": None, "fused_adamw": True}
     for row in rows.values():
         assert row["throughput"] > 0 and 0 < row["fraction_of_peak"] < 1
-        assert row["peak_memory_mib"] >= 0
     assert rows["tiny-text", "train", "mixer"]["unit"] == "tokens/s"
-    assert set(report["checkpointing_memory_mib"]) == {"False", "True"}
     table = (tmp_path / "benchmark.md").read_text()
-    assert "| tiny-image | train | timm |" in table
+    assert "| tiny-image | train | timm |" in table and "fused AdamW" in table
     assert (tmp_path / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_benchmark_measures_peak_memory_with_and_without_checkpointing(tmp_path):
+    benchmark.main([
+        "--cases", "tiny-image", "--models", "mixer", "--modes", "train", "--rounds", "1", "--warmup", "1",
+        "--batch_size", "4", "--checkpointing_case", "tiny-image", "--checkpointing_batch_size", "4",
+        "--output_dir", str(tmp_path),
+    ])
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert report["results"][0]["peak_memory_mib"] >= 0
+    assert set(report["checkpointing_memory_mib"]) == {"False", "True"}
 
 
 def test_analytic_flops_of_b16_match_the_paper_scale():
@@ -36,3 +45,16 @@ def test_analytic_flops_of_b16_match_the_paper_scale():
     flops = benchmark.forward_flops(benchmark.CASES["B/16"], "mixer")
     assert abs(flops / 1e9 - 25.2) < 0.3
     assert benchmark.forward_flops(benchmark.CASES["B/16"], "timm") == flops
+
+
+def test_profile_groups_every_operator_of_a_step(tmp_path):
+    import profile_step
+
+    profile_step.main(["--case", "tiny-image", "--models", "mixer,timm", "--steps", "2", "--warmup", "1",
+                       "--output_dir", str(tmp_path)])
+    results = json.loads((tmp_path / "profile.json").read_text())["results"]
+    for name in ("mixer", "timm"):
+        groups = results[name]["groups_ms"]
+        assert abs(sum(groups.values()) - results[name]["ms_per_step"]) < 1e-6 * results[name]["ms_per_step"] + 1e-9
+        assert groups["matmul"] > 0  # the stem, the token- and channel-mixing GEMMs
+    assert "| mixer |" in (tmp_path / "profile.md").read_text()

@@ -313,7 +313,7 @@ def parse_args(argv=None):
     # minutes on 2 CPU cores (docs/text.md).
     parser.set_defaults(
         output_dir="outputs/mixer-mlm-shakespeare", do_train=True, do_eval=True, learning_rate=4e-3,
-        weight_decay=0.01, warmup_steps=0.05, max_steps=1000, per_device_train_batch_size=16,
+        weight_decay=0.01, warmup_steps=0.05, max_steps=2000, per_device_train_batch_size=16,
         per_device_eval_batch_size=128, eval_strategy="steps", eval_steps=250, logging_steps=25,
         max_eval_samples=1000, save_strategy="no", report_to="none", max_grad_norm=1.0,
     )

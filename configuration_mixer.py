@@ -132,6 +132,7 @@ class MixerConfig(PreTrainedConfig):
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        # transformers only logs a warning for a config of another model type, then builds a Mixer from its fields.
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         if config_dict.get("model_type", cls.model_type) != cls.model_type:
             raise ValueError(

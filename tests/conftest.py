@@ -4,6 +4,8 @@ import os
 import sys
 import tempfile
 
+import pytest
+
 from helpers import ROOT
 
 # Set before transformers / huggingface_hub are imported: they read these at import time.
@@ -13,3 +15,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(ROOT))  # the two model files, also when the package is not installed
 sys.path.insert(1, str(ROOT / "scripts"))  # the scripts' modules, imported by name as the scripts import them
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory):
+    """Shakespeare as two local text files (a line a row): 600 speeches to train on, 100 to evaluate on."""
+    import run_mlm
+
+    folder = tmp_path_factory.mktemp("text")
+    plays = run_mlm.shakespeare()
+    (folder / "train.txt").write_text("".join(plays["train"]["text"][:600]))
+    (folder / "validation.txt").write_text("".join(plays["validation"]["text"][:100]))
+    return ["--train_file", str(folder / "train.txt"), "--validation_file", str(folder / "validation.txt")]

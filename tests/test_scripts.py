@@ -100,7 +100,7 @@ def test_mlm_bert_baseline_from_text_files_with_wordpiece(tmp_path):
     assert len(answers) == 2 and all(isinstance(a["token_str"], str) for a in answers)
 
 
-def test_mlm_default_job_is_subword_and_fills_whole_words(tmp_path, capsys):
+def test_mlm_default_job_is_subword_and_masks_whole_words(tmp_path, capsys):
     """The main job's tokenizer and block length (WordPiece, 128 tokens), on a tiny model and a slice of the data."""
     args = TINY_MLM[:2] + TINY_MLM[6:]  # without --tokenizer_type char --max_seq_length 32
     results = run_mlm.main(args + ["--tokenizer_vocab_size", "1000", "--output_dir", str(tmp_path), "--max_steps", "20",

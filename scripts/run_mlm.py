@@ -47,6 +47,7 @@ from transformers import (
 import modeling_mixer  # noqa: F401  (registers the Mixer with the Auto classes)
 from common import (
     check_column,
+    check_streaming,
     load_dataset_or_explain,
     load_metric,
     parse_config_overrides,
@@ -323,9 +324,7 @@ def parse_args(argv=None):
 def main(argv=None):
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
-    if data_args.streaming and training_args.do_train and training_args.max_steps <= 0:
-        raise ValueError(f"--streaming reads a corpus of unknown length: give the number of training steps with "
-                         f"--max_steps N (got --max_steps {training_args.max_steps}).")
+    check_streaming(data_args.streaming, training_args)
     logger.info(f"Training/evaluation parameters {training_args}")
     set_seed(training_args.seed)
 

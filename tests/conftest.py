@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 
-from helpers import ROOT
+from helpers import FASHION_MNIST_SAMPLE, ROOT
 
 # Set before transformers / huggingface_hub are imported: they read these at import time.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -27,3 +27,19 @@ def text_files(tmp_path_factory):
     (folder / "train.txt").write_text("".join(plays["train"]["text"][:600]))
     (folder / "validation.txt").write_text("".join(plays["validation"]["text"][:100]))
     return ["--train_file", str(folder / "train.txt"), "--validation_file", str(folder / "validation.txt")]
+
+
+@pytest.fixture
+def image_folders(tmp_path):
+    """Two classes of real Fashion-MNIST images as PNG files, in train/ and val/."""
+    import run_image_classification
+
+    data = run_image_classification.fashion_mnist(FASHION_MNIST_SAMPLE)["train"]
+    for split, rows in [("train", range(0, 300)), ("val", range(300, 400))]:
+        for index in rows:
+            example = data[index]
+            if example["label"] in (1, 7):
+                name = data.features["label"].names[example["label"]]
+                (tmp_path / split / name).mkdir(parents=True, exist_ok=True)
+                example["image"].save(tmp_path / split / name / f"{index}.png")
+    return tmp_path

@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from configuration_mixer import MixerConfig
-from helpers import ROOT, import_script, run_without_package
+from helpers import FASHION_MNIST_SAMPLE, ROOT, import_script, run_without_package
 from modeling_mixer import MixerForImageClassification, MixerModel
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -32,7 +32,6 @@ from run_image_classification import fashion_mnist  # noqa: E402
 
 convert = import_script("convert_mixer_checkpoint")
 plot = import_script("plot_token_mixing")
-FASHION_MNIST_SAMPLE = ROOT / "tests/data/fashion-mnist"
 TRAINED_MIXER = ROOT / "tests/data/mixer-fashion-mnist-28"  # made by scripts/make_resize_test_model.py
 
 VARIANTS = ["mixer_s32_224", "mixer_s16_224", "mixer_b32_224", "mixer_b16_224", "mixer_l32_224", "mixer_l16_224"]

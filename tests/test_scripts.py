@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModelForImageClassification, AutoModelForMaskedLM, AutoTokenizer
 from transformers import pipeline
 
-from helpers import ROOT
+from helpers import FASHION_MNIST_SAMPLE, ROOT, TINY_IMAGES
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import common  # noqa: E402
@@ -29,10 +29,7 @@ TINY_MLM = ["--config_overrides", TINY_MIXER_TEXT, "--tokenizer_type", "char", "
             "--max_eval_samples", "32", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
             "--learning_rate", "5e-3", "--logging_steps", "5", "--eval_steps", "1000", "--use_cpu",
             "--disable_tqdm", "true", "--fill_mask_examples", "2"]
-FASHION_MNIST_SAMPLE = ROOT / "tests/data/fashion-mnist"  # 1,000 train and 500 test images
-TINY_IMAGES = ["--fashion_mnist_dir", str(FASHION_MNIST_SAMPLE), "--max_train_samples", "600", "--max_eval_samples",
-               "100", "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "100", "--learning_rate",
-               "5e-3", "--logging_steps", "5", "--eval_steps", "1000", "--use_cpu", "--disable_tqdm", "true"]
+
 
 
 def losses(output_dir):
@@ -169,20 +166,6 @@ def test_image_classification_mixer_on_fashion_mnist(tmp_path):
     image = run_image_classification.fashion_mnist(FASHION_MNIST_SAMPLE)["test"].with_format(None)[0]["image"]
     answers = pipeline("image-classification", model=str(output_dir))(image, top_k=3)
     assert len(answers) == 3 and {a["label"] for a in answers} <= set(run_image_classification.FASHION_MNIST_LABELS)
-
-
-@pytest.fixture
-def image_folders(tmp_path):
-    """Two classes of real Fashion-MNIST images as PNG files, in train/ and val/."""
-    data = run_image_classification.fashion_mnist(FASHION_MNIST_SAMPLE)["train"]
-    for split, rows in [("train", range(0, 300)), ("val", range(300, 400))]:
-        for index in rows:
-            example = data[index]
-            if example["label"] in (1, 7):
-                name = data.features["label"].names[example["label"]]
-                (tmp_path / split / name).mkdir(parents=True, exist_ok=True)
-                example["image"].save(tmp_path / split / name / f"{index}.png")
-    return tmp_path
 
 
 def test_image_classification_vit_from_image_folders_with_mixup_and_randaugment(image_folders):

@@ -48,8 +48,9 @@ class MixerConfig(PreTrainedConfig):
         initializer_range (`float`, defaults to 0.02): std of the token embeddings and of the MLM head's dense layer.
         modality (`str`, defaults to `"image"`): `"image"` (patch embeddings, mean over patches) or `"text"`
             (token embeddings, mean over real tokens).
-        image_size, patch_size, num_channels (`int`): input images are `num_channels`×`image_size`×`image_size`,
-            cut into non-overlapping `patch_size`×`patch_size` patches.
+        image_size (`int` or `[height, width]`, defaults to 224): the input images' side, or their height and width.
+        patch_size, num_channels (`int`): images of `num_channels` channels are cut into non-overlapping
+            `patch_size`×`patch_size` patches.
         vocab_size (`int`, defaults to 30522): size of the token vocabulary (text).
         max_position_embeddings (`int`, defaults to 512): the longest sequence (text). It is the width of the
             token-mixing MLP, whose weights are position-specific: there are no position embeddings.
@@ -78,7 +79,7 @@ class MixerConfig(PreTrainedConfig):
     drop_path_rate: float | int = 0.0
     initializer_range: float | int = 0.02
     modality: str = "image"
-    image_size: int = 224
+    image_size: int | list[int] | tuple[int, int] = 224
     patch_size: int = 16
     num_channels: int = 3
     vocab_size: int = 30522
@@ -97,7 +98,7 @@ class MixerConfig(PreTrainedConfig):
         if self.modality not in ("image", "text"):
             raise ValueError(f"MixerConfig.modality must be 'image' or 'text', got {self.modality!r}.")
         positive = ["hidden_size", "num_hidden_layers", "tokens_mlp_dim", "channels_mlp_dim"]
-        positive += ["image_size", "patch_size", "num_channels"] if self.modality == "image" else []
+        positive += ["patch_size", "num_channels"] if self.modality == "image" else []
         positive += ["vocab_size", "max_position_embeddings"] if self.modality == "text" else []
         for name in positive:
             if getattr(self, name) <= 0:
@@ -116,7 +117,14 @@ class MixerConfig(PreTrainedConfig):
                 f"MixerConfig.layer_norm_eps must be a positive number that float32 holds (≥ {FLOAT32_TINY:.2g}), "
                 f"got {self.layer_norm_eps!r}."
             )
-        if self.modality == "image" and self.image_size % self.patch_size:
+        if self.modality != "image":
+            return
+        square = isinstance(self.image_size, int)
+        sides = [self.image_size] if square else list(self.image_size)
+        if not (square or len(sides) == 2) or not all(isinstance(side, int) and side > 0 for side in sides):
+            raise ValueError(f"MixerConfig.image_size must be a positive integer or a [height, width] pair of them, "
+                             f"got {self.image_size!r}.")
+        if any(side % self.patch_size for side in sides):
             raise ValueError(
                 f"MixerConfig.image_size ({self.image_size}) must be a multiple of MixerConfig.patch_size "
                 f"({self.patch_size}): the image is cut into non-overlapping patches."
@@ -142,10 +150,23 @@ class MixerConfig(PreTrainedConfig):
         return config_dict, kwargs
 
     @property
+    def image_height_width(self) -> tuple[int, int]:
+        """The input images' (height, width)."""
+        size = self.image_size
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """Rows and columns of patches over an image; the tokens are the patches in row-major order."""
+        height, width = self.image_height_width
+        return height // self.patch_size, width // self.patch_size
+
+    @property
     def num_tokens(self) -> int:
         """Width of the token-mixing MLP: patches per image, or the longest text sequence."""
         if self.modality == "image":
-            return (self.image_size // self.patch_size) ** 2
+            rows, cols = self.patch_grid
+            return rows * cols
         return self.max_position_embeddings
 
     @classmethod

@@ -207,14 +207,16 @@ class MixerPreTrainedModel(PreTrainedModel):
                 init.normal_(module.bias, std=1e-6)
 
     @torch.no_grad()
-    def resize_token_mixing(self, image_size: int):
+    def resize_token_mixing(self, image_size: int | tuple[int, int]):
         """
-        Prepares fine-tuning at another resolution: rebuilds the token-mixing MLPs for image_size / patch_size
-        patches a side. Updates the config; returns the model. Resize the image processor as well.
+        Prepares fine-tuning at another resolution: rebuilds the token-mixing MLPs for the patch grid of
+        `image_size` (a side, or a (height, width) pair). Updates the config; returns the model. Resize the image
+        processor as well.
 
-        - `image_size` = K × the current one (the paper's Appendix C, exact): S' = K²·S tokens, and each token-mixing
-          MLP grows to K²·D_S hidden units, initialised so that each of the K×K parts of the image is mixed exactly
-          as the pretrained model mixes a whole image: a K×K tiling of an image gives the original logits.
+        - each side a whole multiple of the current one, K_h × and K_w × (the paper's Appendix C, exact):
+          S' = K_h·K_w·S tokens, and each token-mixing MLP grows to K_h·K_w·D_S hidden units, initialised so that
+          each of the K_h×K_w parts of the image is mixed exactly as the pretrained model mixes a whole image: a
+          tiling of an image gives the original logits.
         - any other multiple of patch_size (approximate): D_S stays, and the weights are resampled over the patch
           grid (bicubic, as ViT's `interpolate_pos_encoding` resamples position embeddings): each hidden unit's
           filter (a row of W1), each hidden unit's output map (a column of W2), and b2. The patch projection is
@@ -223,47 +225,52 @@ class MixerPreTrainedModel(PreTrainedModel):
         mixer, config = self.base_model, self.config
         if config.modality != "image":
             raise ValueError(f"resize_token_mixing is for image Mixers, this one has modality={config.modality!r}.")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 or (
-            image_size % config.patch_size
+        sides = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if len(sides) != 2 or not all(
+            isinstance(side, int) and not isinstance(side, bool) and side > 0 and side % config.patch_size == 0
+            for side in sides
         ):
-            raise ValueError(f"image_size must be a positive multiple of patch_size {config.patch_size}, got "
-                             f"{image_size!r}.")
-        grid, new_grid = config.image_size // config.patch_size, image_size // config.patch_size
-        k = image_size // config.image_size
-        tiled = k * config.image_size == image_size
+            raise ValueError(f"image_size must be a positive multiple of patch_size {config.patch_size} or a "
+                             f"(height, width) pair of them, got {image_size!r}.")
+        (rows, cols), (new_rows, new_cols) = config.patch_grid, (sides[0] // config.patch_size,
+                                                                  sides[1] // config.patch_size)
+        k_rows, k_cols = new_rows // rows, new_cols // cols
+        parts = k_rows * k_cols
+        tiled = parts > 0 and (k_rows * rows, k_cols * cols) == (new_rows, new_cols)
         if tiled:
             # Grouped part by part (token q = part · S + index in the part), the parts never mix: the new weights are
-            # block-diagonal, W1' = diag(W1, ..., W1) of shape (K²D_S, K²S), W2' = diag(W2, ..., W2), b' = (b, ...).
-            # The patches come in row-major order over the (K·grid)² grid: patch (r, c) lies in part
-            # (r // grid, c // grid) at (r % grid, c % grid), so its grouped index is perm[r·K·grid + c] below. Token
-            # t reads column perm[t] of W1' and writes row perm[t] of W2' and b2'.
-            rows, cols = torch.meshgrid(torch.arange(k * grid), torch.arange(k * grid), indexing="ij")
-            perm = (((rows // grid) * k + cols // grid) * grid**2 + (rows % grid) * grid + cols % grid).flatten()
+            # block-diagonal, W1' = diag(W1, ..., W1) of shape (K_h·K_w·D_S, K_h·K_w·S), W2' = diag(W2, ..., W2),
+            # b' = (b, ...). The patches come in row-major order over the new grid: patch (r, c) lies in part
+            # (r // rows, c // cols) at (r % rows, c % cols), so its grouped index is perm[r · new_cols + c] below.
+            # Token t reads column perm[t] of W1' and writes row perm[t] of W2' and b2'.
+            r, c = torch.meshgrid(torch.arange(new_rows), torch.arange(new_cols), indexing="ij")
+            perm = (((r // rows) * k_cols + c // cols) * rows * cols + (r % rows) * cols + c % cols).flatten()
 
-        def resample(maps):  # (n, grid²) → (n, new_grid²), each row a map over the row-major patch grid
+        def resample(maps):  # (n, rows·cols) → (n, new_rows·new_cols), each row a map over the row-major patch grid
             resized = nn.functional.interpolate(
-                maps.reshape(-1, 1, grid, grid).float(), size=(new_grid, new_grid), mode="bicubic",
-                align_corners=False, antialias=new_grid < grid,  # shrinking averages neighbours instead of skipping
+                maps.reshape(-1, 1, rows, cols).float(), size=(new_rows, new_cols), mode="bicubic",
+                align_corners=False, antialias=new_rows < rows or new_cols < cols,  # shrinking averages neighbours
             )
-            return resized.reshape(-1, new_grid**2).to(maps.dtype)
+            return resized.reshape(-1, new_rows * new_cols).to(maps.dtype)
 
         for layer in mixer.layers:
             fc1, fc2 = layer.token_mixing.fc1, layer.token_mixing.fc2
             if tiled:
-                w1, b1 = torch.block_diag(*[fc1.weight] * k**2)[:, perm], fc1.bias.repeat(k**2)
-                w2, b2 = torch.block_diag(*[fc2.weight] * k**2)[perm], fc2.bias.repeat(k**2)[perm]
+                w1, b1 = torch.block_diag(*[fc1.weight] * parts)[:, perm], fc1.bias.repeat(parts)
+                w2, b2 = torch.block_diag(*[fc2.weight] * parts)[perm], fc2.bias.repeat(parts)[perm]
             else:
-                # A hidden unit sums its filter times the tokens: on a smooth image, (new_grid / grid)² times as
-                # many terms of about the same size, so the filter is scaled by (grid / new_grid)². The outputs
-                # (rows of W2, b2) are values per token, which keep their size.
-                w1, b1 = resample(fc1.weight) * (grid / new_grid) ** 2, fc1.bias
+                # A hidden unit sums its filter times the tokens: on a smooth image, S' / S times as many terms of
+                # about the same size, so the filter is scaled by S / S'. The outputs (rows of W2, b2) are values
+                # per token, which keep their size.
+                w1, b1 = resample(fc1.weight) * (rows * cols) / (new_rows * new_cols), fc1.bias
                 w2, b2 = resample(fc2.weight.T).T, resample(fc2.bias[None])[0]
             fc1.weight, fc1.bias, fc2.weight, fc2.bias = (nn.Parameter(p.contiguous()) for p in (w1, b1, w2, b2))
             fc1.out_features, fc1.in_features = fc1.weight.shape
             fc2.out_features, fc2.in_features = fc2.weight.shape
-        tokens_mlp_dim = config.tokens_mlp_dim * k**2 if tiled else config.tokens_mlp_dim
+        tokens_mlp_dim = config.tokens_mlp_dim * parts if tiled else config.tokens_mlp_dim
         for cfg in (config, mixer.config):  # one object, unless a caller split them
-            cfg.image_size, cfg.tokens_mlp_dim = image_size, tokens_mlp_dim
+            cfg.image_size = sides[0] if sides[0] == sides[1] else list(sides)
+            cfg.tokens_mlp_dim = tokens_mlp_dim
         return self
 
 
@@ -305,12 +312,12 @@ class MixerModel(MixerPreTrainedModel):
         if config.modality == "image":
             if inputs != ["pixel_values"] or attention_mask is not None:
                 raise ValueError(f"This Mixer is an image model (modality='image'): pass pixel_values only, got {list(given)}.")
-            expected = (config.num_channels, config.image_size, config.image_size)
+            expected = (config.num_channels, *config.image_height_width)
             if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
                 raise ValueError(
                     f"pixel_values must have shape (batch_size, {', '.join(map(str, expected))}) for this Mixer "
-                    f"(num_channels={expected[0]}, image_size={expected[1]}), got {tuple(pixel_values.shape)}. The "
-                    "token-mixing MLPs are sized for a fixed number of patches: resize the images with the model's "
+                    f"(num_channels={expected[0]}, image_size={config.image_size}), got {tuple(pixel_values.shape)}. "
+                    "The token-mixing MLPs are sized for a fixed number of patches: resize the images with the model's "
                     "image processor."
                 )
             if not pixel_values.is_floating_point():
@@ -392,7 +399,7 @@ class MixerModel(MixerPreTrainedModel):
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPoolingAndNoAttention:
         r"""
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`):
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             images, for `modality="image"`. A text Mixer takes its token ids here too when they come first,
             `model(input_ids)`.
         input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):

@@ -190,17 +190,19 @@ def image_processor(image_size: int, preprocessing: str = "google") -> ViTImageP
     )
 
 
-def resize_image_processor(processor: ViTImageProcessor, image_size: int) -> ViTImageProcessor:
+def resize_image_processor(processor: ViTImageProcessor, image_size: int | tuple[int, int]) -> ViTImageProcessor:
     """
-    The same transform for another image_size (after `model.resize_token_mixing(image_size)`): a resize to a fixed
-    size resizes to the new one, a resize of the shortest edge and center crop keeps its crop ratio.
+    The same transform for another image_size, a side or (height, width) (after `model.resize_token_mixing`): a
+    resize to a fixed size resizes to the new one, a resize of the shortest edge and center crop keeps its crop ratio
+    (for the longer side of the crop).
     """
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     if "shortest_edge" in processor.size:
         crop_pct = processor.crop_size["height"] / processor.size["shortest_edge"]
-        processor.size = {"shortest_edge": math.floor(image_size / crop_pct)}
-        processor.crop_size = {"height": image_size, "width": image_size}
+        processor.size = {"shortest_edge": math.floor(max(height, width) / crop_pct)}
+        processor.crop_size = {"height": height, "width": width}
     else:
-        processor.size = {"height": image_size, "width": image_size}
+        processor.size = {"height": height, "width": width}
     return processor
 
 

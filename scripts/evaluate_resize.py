@@ -6,7 +6,7 @@ size on the same images resized back. `--save_dir` also writes, for each size, t
 comparison in docs/vision.md: the resized model (`resized-SIZE`) and the same with freshly initialised token-mixing
 weights (`reinit-SIZE`).
 
-    python scripts/evaluate_resize.py --model tests/data/mixer-fashion-mnist-28 --sizes 20 36 40 56 \
+    python scripts/evaluate_resize.py --model tests/data/mixer-fashion-mnist-28 --sizes 20 36 40 56 28x36 \
         --save_dir outputs/resize
 """
 
@@ -35,6 +35,12 @@ def accuracy(model, processor, images, labels, batch_size=500) -> float:
     return correct / len(images)
 
 
+def image_size(text: str) -> int | tuple[int, int]:
+    """A side ("36") or HEIGHTxWIDTH ("28x36")."""
+    height, _, width = text.partition("x")
+    return (int(height), int(width)) if width else int(height)
+
+
 def reinit_token_mixing(model):
     """The same model with the token-mixing MLPs initialised afresh (every other weight kept)."""
     fresh = MixerForImageClassification(model.config)
@@ -47,7 +53,8 @@ def reinit_token_mixing(model):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a saved image Mixer with its image processor")
-    parser.add_argument("--sizes", type=int, nargs="+", required=True, help="input sizes, multiples of the patch")
+    parser.add_argument("--sizes", type=image_size, nargs="+", required=True,
+                        help="input sizes, multiples of the patch: a side (36) or HEIGHTxWIDTH (28x36)")
     parser.add_argument("--fashion_mnist_dir", default=str(FASHION_MNIST))
     parser.add_argument("--save_dir", type=Path, help="write resized-SIZE and reinit-SIZE folders here")
     args = parser.parse_args(argv)
@@ -61,15 +68,17 @@ def main(argv=None):
         resized = copy.deepcopy(model).resize_token_mixing(new_size)
         new_processor = resize_image_processor(copy.deepcopy(processor), new_size)
         # The images at the new size (bilinear, as the processor resizes), then back to the model's size.
-        there = np.stack([np.asarray(PIL.Image.fromarray(image).resize((new_size, new_size), PIL.Image.BILINEAR))
+        height, width = (new_size, new_size) if isinstance(new_size, int) else new_size
+        label = str(height) if height == width else f"{height}x{width}"
+        there = np.stack([np.asarray(PIL.Image.fromarray(image).resize((width, height), PIL.Image.BILINEAR))
                           for image in images])
-        print(f"  resized to {new_size} (tokens {resized.config.num_tokens}, D_S {resized.config.tokens_mlp_dim}): "
+        print(f"  resized to {label} (tokens {resized.config.num_tokens}, D_S {resized.config.tokens_mlp_dim}): "
               f"{accuracy(resized, new_processor, images, labels):.2%}; the input resized back to {size}: "
               f"{accuracy(model, processor, there, labels):.2%}")
         if args.save_dir:
             for name, start in [("resized", resized), ("reinit", reinit_token_mixing(resized))]:
-                start.save_pretrained(args.save_dir / f"{name}-{new_size}")
-                new_processor.save_pretrained(args.save_dir / f"{name}-{new_size}")
+                start.save_pretrained(args.save_dir / f"{name}-{label}")
+                new_processor.save_pretrained(args.save_dir / f"{name}-{label}")
 
 
 if __name__ == "__main__":

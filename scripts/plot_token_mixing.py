@@ -21,14 +21,14 @@ import modeling_mixer  # noqa: E402, F401  (registers the Mixer with the Auto cl
 def plot_token_mixing(model, output, layers=(0,), max_units=None, columns=16):
     """Writes a PNG with one panel of fc1 units per layer in `layers` of an image Mixer (any of its classes)."""
     mixer, config = model.base_model, model.config
-    grid = config.image_size // config.patch_size
+    grid = config.patch_grid  # (rows, columns) of patches
     panels = []
     for index in layers:
-        units = mixer.layers[index].token_mixing.fc1.weight.detach().float().cpu().reshape(-1, grid, grid)
+        units = mixer.layers[index].token_mixing.fc1.weight.detach().float().cpu().reshape(-1, *grid)
         # Sort by the mean spatial frequency of each unit, weighted by the magnitude of its 2D spectrum.
         spectrum = torch.fft.fftshift(torch.fft.fft2(units).abs(), dim=(-2, -1))
-        freq = torch.fft.fftshift(torch.fft.fftfreq(grid))
-        radius = (freq[:, None] ** 2 + freq[None, :] ** 2).sqrt()
+        row_freq, col_freq = (torch.fft.fftshift(torch.fft.fftfreq(n)) for n in grid)
+        radius = (row_freq[:, None] ** 2 + col_freq[None, :] ** 2).sqrt()
         order = ((spectrum * radius).sum((-2, -1)) / spectrum.sum((-2, -1))).argsort()
         panels.append((index, units[order][:max_units]))
     rows = [-(-len(units) // columns) for _, units in panels]

@@ -313,8 +313,9 @@ def main(argv=None):
         image_processor = AutoImageProcessor.from_pretrained(source, cache_dir=model_args.cache_dir,
                                                              token=model_args.token)
     else:
-        size = model.config.image_size
-        image_processor = ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3,
+        size = model.config.image_size  # a side, or (height, width): the Mixer's and the ViT's configs take both
+        height, width = (size, size) if isinstance(size, int) else size
+        image_processor = ViTImageProcessor(size={"height": height, "width": width}, image_mean=[0.5] * 3,
                                             image_std=[0.5] * 3)
 
     # Augmentations of the training images, before the image processor resizes and normalises them.

@@ -34,6 +34,9 @@ def test_from_variant_overrides_and_unknown_variant():
     "kwargs, field",
     [
         (dict(image_size=225), "image_size"),
+        (dict(image_size=[224, 230]), "image_size"),
+        (dict(image_size=[224]), "image_size"),
+        (dict(image_size=[0, 224]), "image_size"),
         (dict(hidden_size=0), "hidden_size"),
         (dict(tokens_mlp_dim=-4), "tokens_mlp_dim"),
         (dict(num_hidden_layers=2.5), "num_hidden_layers"),
@@ -54,6 +57,14 @@ def test_invalid_values_name_the_field(kwargs, field):
     config = MixerConfig()
     with pytest.raises(StrictDataclassError, match="(?s)field 'hidden_size'.*expected int, got str"):
         config.hidden_size = "768"  # also on assignment
+
+
+def test_non_square_images(tmp_path):
+    config = MixerConfig(image_size=[224, 448], patch_size=16)
+    assert (config.image_height_width, config.patch_grid, config.num_tokens) == ((224, 448), (14, 28), 392)
+    assert MixerConfig(image_size=224).image_height_width == (224, 224)
+    config.save_pretrained(tmp_path)
+    assert MixerConfig.from_pretrained(tmp_path).image_size == [224, 448]  # JSON has lists
 
 
 def test_text_config_ignores_image_fields_and_vice_versa():

@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import re
 import sys
 from functools import partial
 
@@ -336,14 +337,38 @@ def test_resize_token_mixing_tiles_the_image(tmp_path):
     for key, value in resized.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], value), key
 
-    with pytest.raises(ValueError, match=r"image_size must be a positive multiple of patch_size 16, got 230\."):
+    with pytest.raises(ValueError, match=r"image_size must be a positive multiple of patch_size 16 or a \(height, "
+                                         r"width\) pair of them, got 230\."):
         model.resize_token_mixing(230)
-    with pytest.raises(ValueError, match=r"got 0\."):
-        model.resize_token_mixing(0)
+    for bad in (0, (224, 230), (224,), (224, True)):
+        with pytest.raises(ValueError, match=rf"got {re.escape(repr(bad))}\."):
+            model.resize_token_mixing(bad)
     text = MixerModel(MixerConfig(modality="text", hidden_size=32, num_hidden_layers=1, tokens_mlp_dim=8,
                                   channels_mlp_dim=32, max_position_embeddings=16))
     with pytest.raises(ValueError, match="resize_token_mixing is for image Mixers, this one has modality='text'"):
         text.resize_token_mixing(448)
+
+
+def test_resize_token_mixing_tiles_a_non_square_grid(tmp_path):
+    """224 → 448 × 224 (K_h = 2, K_w = 1): two parts, one above the other, each mixed as the whole image was."""
+    config = MixerConfig(hidden_size=32, num_hidden_layers=2, tokens_mlp_dim=16, channels_mlp_dim=64, patch_size=16,
+                         num_labels=5)
+    model = randomize_(MixerForImageClassification(config))
+    resized = copy.deepcopy(model).resize_token_mixing((448, 224))
+    assert (resized.config.image_size, resized.config.tokens_mlp_dim, resized.config.num_tokens) == ([448, 224], 32, 392)
+    image = pixels()
+    with torch.no_grad():
+        small, big = model(image, output_hidden_states=True), resized(image.repeat(1, 1, 2, 1), output_hidden_states=True)
+    for ours, theirs in zip(big.hidden_states, small.hidden_states, strict=True):  # the grid's halves: rows 0-13, 14-27
+        torch.testing.assert_close(ours.reshape(2, 196, 32), theirs.expand(2, -1, -1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(big.logits, small.logits, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"pixel_values must have shape \(batch_size, 3, 448, 224\).*got \(1, 3, 224, 448\)"):
+        resized(torch.randn(1, 3, 224, 448))
+    resized.save_pretrained(tmp_path)
+    reloaded = MixerForImageClassification.from_pretrained(tmp_path)
+    assert reloaded.config.image_size == [448, 224]
+    for key, value in resized.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], value), key
 
 
 @pytest.fixture(scope="module")
@@ -360,19 +385,22 @@ def accuracy(model, processor, images, labels):
         return (model(processor(images, return_tensors="pt").pixel_values).logits.argmax(-1) == labels).float().mean()
 
 
-@pytest.mark.parametrize("size, kept", [(36, 0.8), (40, 0.8), (20, 0.7)])
+@pytest.mark.parametrize("size, kept", [(36, 0.8), (40, 0.8), (20, 0.7), ((28, 36), 0.8), ((36, 28), 0.8)])
 def test_resize_token_mixing_resamples_a_trained_model(trained_mixer, tmp_path, size, kept):
     """
-    At a size that is no whole multiple (36 and 40: 9×9 and 10×10 patches; 20: 5×5), the resampled model classifies
-    the test images, resized to the new size, before any fine-tuning: it keeps most of the model's accuracy at 28
-    (chance is 10%), with D_S unchanged. (On these 500 images: 89.8% at 28; 78.8% at 36, 68.4% at 20.)
+    At a size that is no whole multiple (36 and 40: 9×9 and 10×10 patches; 20: 5×5; 28×36 and 36×28: 7×9 and 9×7),
+    the resampled model classifies the test images, resized to the new size, before any fine-tuning: it keeps most
+    of the model's accuracy at 28 (chance is 10%), with D_S unchanged. (On these 500 images: 89.8% at 28; 78.8% at
+    36, 68.4% at 20, 80.4% at 28×36, 88.2% at 36×28.)
     """
     model, processor, images, labels = trained_mixer
     resized = copy.deepcopy(model).resize_token_mixing(size)
     config = resized.config
-    assert (config.image_size, config.num_tokens, config.tokens_mlp_dim) == (size, (size // 4) ** 2, 32)
+    height, width = (size, size) if isinstance(size, int) else size
+    assert (config.image_height_width, config.num_tokens, config.tokens_mlp_dim) == ((height, width),
+                                                                                     height * width // 16, 32)
     new_processor = convert.resize_image_processor(copy.deepcopy(processor), size)
-    assert new_processor.size == {"height": size, "width": size}
+    assert new_processor.size == {"height": height, "width": width}
     original, ours = accuracy(model, processor, images, labels), accuracy(resized, new_processor, images, labels)
     assert original > 0.8 and ours > kept * original, (original, ours)
 
@@ -411,6 +439,9 @@ def test_resize_image_processor():
     processor = convert.resize_image_processor(ViTImageProcessor(size={"height": 28, "width": 28}), 36)
     assert processor.size == {"height": 36, "width": 36}
     assert processor(sample_image(), return_tensors="pt").pixel_values.shape == (1, 3, 36, 36)
+    processor = convert.resize_image_processor(convert.image_processor(224), (448, 224))
+    assert processor.size == {"shortest_edge": 512} and processor.crop_size == {"height": 448, "width": 224}
+    assert processor(sample_image(), return_tensors="pt").pixel_values.shape == (1, 3, 448, 224)
 
 
 # ------------------------------------------------------------------------------------------------ figures

@@ -242,7 +242,10 @@ def open_image(value) -> PIL.Image.Image:
 
 
 class MixupTrainer(Trainer):
-    """Trains on convex combinations of pairs of images and of their one-hot labels (Zhang et al., 2018)."""
+    """
+    Trains on convex combinations of pairs of images and of their one-hot labels (Zhang et al., 2018), smoothed by
+    --label_smoothing_factor as the Trainer smooths plain labels.
+    """
 
     loss_is_scaled_for_ga = False  # a mean over the batch
 
@@ -257,9 +260,10 @@ class MixupTrainer(Trainer):
         lam = self.beta.sample().item()
         order = torch.randperm(len(labels), device=labels.device)
         outputs = model(pixel_values=lam * pixel_values + (1 - lam) * pixel_values[order])
-        log_probs = outputs.logits.float().log_softmax(-1)
-        loss = -(lam * log_probs.gather(1, labels[:, None]) + (1 - lam) * log_probs.gather(1, labels[order, None]))
-        return (loss.mean(), outputs) if return_outputs else loss.mean()
+        one_hot = torch.nn.functional.one_hot(labels, outputs.logits.shape[-1]).float()
+        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), lam * one_hot + (1 - lam) * one_hot[order],
+                                                 label_smoothing=self.args.label_smoothing_factor)
+        return (loss, outputs) if return_outputs else loss
 
 
 def parse_args(argv=None):

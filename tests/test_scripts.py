@@ -14,9 +14,11 @@ import torch
 from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModelForImageClassification, AutoModelForMaskedLM, AutoTokenizer
-from transformers import pipeline
+from transformers import TrainingArguments, pipeline
 
+from configuration_mixer import MixerConfig
 from helpers import FASHION_MNIST_SAMPLE, ROOT, TINY_IMAGES
+from modeling_mixer import MixerForImageClassification
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import common  # noqa: E402
@@ -179,6 +181,26 @@ def test_image_classification_vit_from_image_folders_with_mixup_and_randaugment(
     model = AutoModelForImageClassification.from_pretrained(output_dir)
     assert type(model).__name__ == "ViTForImageClassification"
     assert sorted(model.config.id2label.values()) == ["Sneaker", "Trouser"]
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_mixup_loss_mixes_the_labels_and_smooths_them(tmp_path, smoothing):
+    """The mixup loss: lam · CE(y) + (1 - lam) · CE(y'), each against labels smoothed as the Trainer smooths them."""
+    model = MixerForImageClassification(MixerConfig(image_size=8, patch_size=4, hidden_size=8, num_hidden_layers=1,
+                                                    tokens_mlp_dim=4, channels_mlp_dim=8, num_labels=3)).train()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, label_smoothing_factor=smoothing,
+                             report_to="none")
+    trainer = run_image_classification.MixupTrainer(model=model, args=args, mixup_alpha=0.4)
+    inputs = {"pixel_values": torch.randn(6, 3, 8, 8), "labels": torch.tensor([0, 1, 2, 0, 1, 2])}
+    torch.manual_seed(0)
+    loss = trainer.compute_loss(model, inputs)
+    torch.manual_seed(0)  # the same draws: lam, then the pairing
+    lam, order = trainer.beta.sample().item(), torch.randperm(6)
+    log_probs = model(lam * inputs["pixel_values"] + (1 - lam) * inputs["pixel_values"][order]).logits.log_softmax(-1)
+    labels = inputs["labels"]
+    nll = -(lam * log_probs[range(6), labels] + (1 - lam) * log_probs[range(6), labels[order]])
+    expected = ((1 - smoothing) * nll - smoothing * log_probs.mean(-1)).mean()
+    torch.testing.assert_close(loss, expected)
 
 
 def test_image_classification_bad_input_stops_with_a_clear_message(image_folders):

@@ -11,7 +11,7 @@ macro-averaged with more than two classes) on the validation and test splits, an
 --output_dir, where `pipeline("text-classification", model=output_dir)` loads them. Texts longer than the model takes
 are truncated by the tokenizer (its saved model_max_length): pass truncation=True to the tokenizer or the pipeline.
 
-The comparison (800 steps each, about 2 minutes on 2 CPU cores; results in the README):
+The comparison (800 steps each; results in docs/text.md):
 
     make train                          # 1. pre-train the Mixer MLM on Shakespeare → outputs/mixer-mlm-shakespeare,
     make train-text-classification      #    then fine-tune it → outputs/mixer-mlm-rotten-tomatoes
@@ -23,8 +23,8 @@ The comparison (800 steps each, about 2 minutes on 2 CPU cores; results in the R
         --output_dir outputs/bert-mlm-rotten-tomatoes  # 4. that BERT pre-trained by run_mlm.py --model_type bert
 
 Runs 2 and 3 build the default model of run_mlm.py, sized by the tokenizer (vocabulary, model_max_length): give them
-the --config_overrides of the pre-training if it had any. The main job's tokenizer is character-level and its Mixer
-takes 32 positions: all four read the first 30 characters of a snippet (median length 108). Other data:
+the --config_overrides of the pre-training if it had any. The main job's tokenizer is a WordPiece of 8,192 tokens and
+its Mixer takes 128 positions: every snippet fits whole (at most 90 tokens). Other data:
 
     python scripts/run_text_classification.py --train_file train.csv --validation_file dev.csv --test_file test.csv \\
         --text_column_name review --label_column_name sentiment --tokenizer_type wordpiece

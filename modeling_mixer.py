@@ -10,6 +10,7 @@ The image path computes exactly what timm's `MlpMixer` computes, with the same i
 (and those of the official JAX code) convert one to one.
 """
 
+import copy
 import math
 
 import torch
@@ -225,15 +226,10 @@ class MixerPreTrainedModel(PreTrainedModel):
         mixer, config = self.base_model, self.config
         if config.modality != "image":
             raise ValueError(f"resize_token_mixing is for image Mixers, this one has modality={config.modality!r}.")
-        sides = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        if len(sides) != 2 or not all(
-            isinstance(side, int) and not isinstance(side, bool) and side > 0 and side % config.patch_size == 0
-            for side in sides
-        ):
-            raise ValueError(f"image_size must be a positive multiple of patch_size {config.patch_size} or a "
-                             f"(height, width) pair of them, got {image_size!r}.")
-        (rows, cols), (new_rows, new_cols) = config.patch_grid, (sides[0] // config.patch_size,
-                                                                  sides[1] // config.patch_size)
+        new_config = copy.deepcopy(config)
+        new_config.image_size = list(image_size) if isinstance(image_size, tuple) else image_size  # JSON's form
+        new_config.validate()  # the config's own checks: a positive multiple of patch_size, or a pair of them
+        (rows, cols), (new_rows, new_cols) = config.patch_grid, new_config.patch_grid
         k_rows, k_cols = new_rows // rows, new_cols // cols
         parts = k_rows * k_cols
         tiled = parts > 0 and (k_rows * rows, k_cols * cols) == (new_rows, new_cols)
@@ -269,8 +265,7 @@ class MixerPreTrainedModel(PreTrainedModel):
             fc2.out_features, fc2.in_features = fc2.weight.shape
         tokens_mlp_dim = config.tokens_mlp_dim * parts if tiled else config.tokens_mlp_dim
         for cfg in (config, mixer.config):  # one object, unless a caller split them
-            cfg.image_size = sides[0] if sides[0] == sides[1] else list(sides)
-            cfg.tokens_mlp_dim = tokens_mlp_dim
+            cfg.image_size, cfg.tokens_mlp_dim = new_config.image_size, tokens_mlp_dim
         return self
 
 

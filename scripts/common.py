@@ -142,6 +142,16 @@ def check_streaming(streaming: bool, training_args):
                          f"--max_steps N (got --max_steps {training_args.max_steps}).")
 
 
+def hold_out_every_kth(stream, share: float):
+    """
+    A stream's (kept, held-out) parts. Of unknown length, a stream cannot be split at random: every k-th row is held
+    out, k = 1 / share (every 20th for 5%).
+    """
+    every = max(2, round(1 / share))
+    return (stream.filter(lambda _, i: i % every != every - 1, with_indices=True),
+            stream.filter(lambda _, i: i % every == every - 1, with_indices=True))
+
+
 def encode_labels(raw: DatasetDict, column: str) -> DatasetDict:
     """
     The label column as a ClassLabel with the same ids in every split: the sorted values, unless already one. A

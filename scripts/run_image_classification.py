@@ -48,6 +48,7 @@ from common import (
     check_column,
     check_streaming,
     encode_labels,
+    hold_out_every_kth,
     load_dataset_or_explain,
     load_metric,
     parse_config_overrides,
@@ -207,12 +208,8 @@ def load_raw_datasets(data_args, model_args) -> DatasetDict:
     # datasets 5.2 decodes what a filtered stream yields whatever is cast after it.)
     raw = type(raw)({split: dataset.cast_column(data_args.image_column_name, Image(decode=False))
                      for split, dataset in raw.items()})
-    if "validation" not in raw and streaming:  # of unknown length: every k-th image is held out
-        every = max(2, round(1 / data_args.train_val_split))
-        raw["train"], raw["validation"] = (
-            raw["train"].filter(lambda _, i: i % every != every - 1, with_indices=True),
-            raw["train"].filter(lambda _, i: i % every == every - 1, with_indices=True),
-        )
+    if "validation" not in raw and streaming:
+        raw["train"], raw["validation"] = hold_out_every_kth(raw["train"], data_args.train_val_split)
     elif "validation" not in raw:
         held_out = raw["train"].train_test_split(data_args.train_val_split, seed=0)
         raw["train"], raw["validation"] = held_out["train"], held_out["test"]

@@ -48,6 +48,7 @@ import modeling_mixer  # noqa: F401  (registers the Mixer with the Auto classes)
 from common import (
     check_column,
     check_streaming,
+    hold_out_every_kth,
     load_dataset_or_explain,
     load_metric,
     parse_config_overrides,
@@ -197,12 +198,9 @@ def load_raw_datasets(data_args, model_args) -> DatasetDict | IterableDatasetDic
         check_column(raw[split], data_args.text_column_name, "--text_column_name")
         raw[split] = raw[split].select_columns([data_args.text_column_name])
     share = data_args.validation_split_percentage
-    if "validation" not in raw and streaming:  # of unknown length: every k-th text is held out
-        every = max(2, round(100 / share))
-        raw = IterableDatasetDict(
-            train=raw["train"].filter(lambda _, i: i % every != every - 1, with_indices=True),
-            validation=raw["train"].filter(lambda _, i: i % every == every - 1, with_indices=True),
-        )
+    if "validation" not in raw and streaming:
+        train, validation = hold_out_every_kth(raw["train"], share / 100)
+        raw = IterableDatasetDict(train=train, validation=validation)
     elif "validation" not in raw:
         held_out = raw["train"].train_test_split(test_size=share / 100, shuffle=False)
         raw = DatasetDict(train=held_out["train"], validation=held_out["test"])

@@ -32,6 +32,9 @@ TINY_MLM = ["--config_overrides", TINY_MIXER_TEXT, "--tokenizer_type", "char", "
             "--learning_rate", "5e-3", "--logging_steps", "5", "--eval_steps", "1000", "--use_cpu",
             "--disable_tqdm", "true", "--fill_mask_examples", "2"]
 
+TINY_MIXER_IMAGES = ["--config_overrides", "patch_size=7,hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=16,"
+                     "channels_mlp_dim=64", "--max_steps", "60", "--learning_rate", "1e-2"]
+
 
 def losses(output_dir):
     history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
@@ -150,8 +153,7 @@ def test_mlm_csv_without_text_column(tmp_path):
 
 def test_image_classification_mixer_on_fashion_mnist(tmp_path):
     output_dir = tmp_path / "mixer"
-    args = ["--config_overrides", "patch_size=7,hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=16,"
-            "channels_mlp_dim=64", "--max_steps", "60", "--learning_rate", "1e-2", "--output_dir", str(output_dir)]
+    args = TINY_MIXER_IMAGES + ["--output_dir", str(output_dir)]
     results = run_image_classification.main(TINY_IMAGES + args)
     assert results["eval_samples"] == 100 and results["test_samples"] == 100
     assert results["test_accuracy"] > 0.25, results  # chance is 0.1
@@ -167,6 +169,17 @@ def test_image_classification_mixer_on_fashion_mnist(tmp_path):
     image = run_image_classification.fashion_mnist(FASHION_MNIST_SAMPLE)["test"].with_format(None)[0]["image"]
     answers = pipeline("image-classification", model=str(output_dir))(image, top_k=3)
     assert len(answers) == 3 and {a["label"] for a in answers} <= set(run_image_classification.FASHION_MNIST_LABELS)
+
+
+def test_image_classification_recipe_in_bf16_on_the_cpu_keeps_float32_weights(tmp_path):
+    """The 10-minute recipe's flags (docs/vision.md): bf16 autocast on the CPU, flips, label smoothing."""
+    args = TINY_MIXER_IMAGES + ["--bf16", "true", "--horizontal_flip", "true", "--label_smoothing_factor", "0.1",
+                                "--output_dir", str(tmp_path)]
+    results = run_image_classification.main(TINY_IMAGES + args)
+    assert results["test_accuracy"] > 0.25, results  # chance is 0.1
+    train_losses = losses(tmp_path)
+    assert all(math.isfinite(loss) for loss in train_losses) and train_losses[-1] < train_losses[0] - 0.2
+    assert {tensor.dtype for tensor in load_file(tmp_path / "model.safetensors").values()} == {torch.float32}
 
 
 def test_image_classification_vit_from_image_folders_with_mixup_and_randaugment(image_folders):

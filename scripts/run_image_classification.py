@@ -123,6 +123,9 @@ class DataTrainingArguments:
     horizontal_flip: bool = field(default=False, metadata={"help": "Flip training images at random."})
     rand_augment_magnitude: int = field(default=0, metadata={"help": "RandAugment (2 ops) of this magnitude; 0: off."})
     mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup of training pairs, Beta(alpha, alpha); 0: off."})
+    flip_test_images: bool = field(
+        default=False, metadata={"help": "Evaluate each image and its mirror image, averaging the logits."}
+    )
     streaming: bool = field(
         default=False,
         metadata={"help": "Read the training images while training (a datasets IterableDataset, nothing cached): for "
@@ -238,27 +241,36 @@ def open_image(value) -> PIL.Image.Image:
 # ---------------------------------------------------------------------------------------------------- main
 
 
-class MixupTrainer(Trainer):
+class ImageClassificationTrainer(Trainer):
     """
-    Trains on convex combinations of pairs of images and of their one-hot labels (Zhang et al., 2018), smoothed by
-    --label_smoothing_factor as the Trainer smooths plain labels.
+    The Trainer with two options of the image recipes. `mixup_alpha` > 0 trains on convex combinations of pairs of
+    images and of their one-hot labels (Zhang et al., 2018), smoothed by --label_smoothing_factor as the Trainer
+    smooths plain labels. `flip_test_images` evaluates each image and its mirror image and averages their logits
+    (for a model trained with flips, whose classes a mirror does not change).
     """
 
     loss_is_scaled_for_ga = False  # a mean over the batch
 
-    def __init__(self, *args, mixup_alpha: float, **kwargs):
+    def __init__(self, *args, mixup_alpha: float = 0.0, flip_test_images: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.beta = torch.distributions.Beta(mixup_alpha, mixup_alpha)
+        self.beta = torch.distributions.Beta(mixup_alpha, mixup_alpha) if mixup_alpha > 0 else None
+        self.flip_test_images = flip_test_images
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not model.training:
+        mixup, flip = (self.beta is not None, False) if model.training else (False, self.flip_test_images)
+        if not (mixup or flip):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         pixel_values, labels = inputs["pixel_values"], inputs["labels"]
-        lam = self.beta.sample().item()
-        order = torch.randperm(len(labels), device=labels.device)
-        outputs = model(pixel_values=lam * pixel_values + (1 - lam) * pixel_values[order])
-        one_hot = torch.nn.functional.one_hot(labels, outputs.logits.shape[-1]).float()
-        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), lam * one_hot + (1 - lam) * one_hot[order],
+        targets = torch.nn.functional.one_hot(labels, self.model.config.num_labels).float()
+        if mixup:
+            lam = self.beta.sample().item()
+            order = torch.randperm(len(labels), device=labels.device)
+            outputs = model(pixel_values=lam * pixel_values + (1 - lam) * pixel_values[order])
+            targets = lam * targets + (1 - lam) * targets[order]
+        else:
+            outputs = model(pixel_values=pixel_values)
+            outputs.logits = (outputs.logits + model(pixel_values=pixel_values.flip(-1)).logits) / 2  # width: last
+        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), targets,
                                                  label_smoothing=self.args.label_smoothing_factor)
         return (loss, outputs) if return_outputs else loss
 
@@ -356,10 +368,7 @@ def main(argv=None):
     def compute_metrics(eval_pred):
         return metric.compute(predictions=np.argmax(eval_pred.predictions, axis=1), references=eval_pred.label_ids)
 
-    trainer_class, trainer_kwargs = Trainer, {}
-    if data_args.mixup_alpha > 0:
-        trainer_class, trainer_kwargs = MixupTrainer, {"mixup_alpha": data_args.mixup_alpha}
-    trainer = trainer_class(
+    trainer = ImageClassificationTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset if training_args.do_train else None,
@@ -367,7 +376,8 @@ def main(argv=None):
         processing_class=image_processor,
         data_collator=collate_fn,
         compute_metrics=compute_metrics,
-        **trainer_kwargs,
+        mixup_alpha=data_args.mixup_alpha,
+        flip_test_images=data_args.flip_test_images,
     )
     card = {"finetuned_from": model_args.model_name_or_path, "tasks": "image-classification",
             "tags": ["image-classification"]}

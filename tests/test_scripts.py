@@ -173,7 +173,7 @@ def test_image_classification_mixer_on_fashion_mnist(tmp_path):
 
 
 def test_image_classification_recipe_in_bf16_on_the_cpu_keeps_float32_weights(tmp_path, monkeypatch):
-    """The 10-minute recipe's flags (docs/vision.md): bf16 autocast on the CPU, flips, label smoothing."""
+    """The 10-minute recipe's flags (docs/vision.md): CPU bf16 autocast, flips, label smoothing, mirrored tests."""
     forward, autocast = MixerForImageClassification.forward, set()
 
     @functools.wraps(forward)  # the Trainer reads the signature (the label names)
@@ -183,7 +183,7 @@ def test_image_classification_recipe_in_bf16_on_the_cpu_keeps_float32_weights(tm
 
     monkeypatch.setattr(MixerForImageClassification, "forward", recording_forward)
     args = TINY_MIXER_IMAGES + ["--bf16", "true", "--horizontal_flip", "true", "--label_smoothing_factor", "0.1",
-                                "--output_dir", str(tmp_path)]
+                                "--flip_test_images", "true", "--output_dir", str(tmp_path)]
     results = run_image_classification.main(TINY_IMAGES + args)
     assert results["test_accuracy"] > 0.25, results  # chance is 0.1
     train_losses = losses(tmp_path)
@@ -213,7 +213,7 @@ def test_mixup_loss_mixes_the_labels_and_smooths_them(tmp_path, smoothing):
     torch.nn.init.normal_(model.classifier.weight)  # starts at zero: every label would cost log 3 alike
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, label_smoothing_factor=smoothing,
                              report_to="none")
-    trainer = run_image_classification.MixupTrainer(model=model, args=args, mixup_alpha=0.4)
+    trainer = run_image_classification.ImageClassificationTrainer(model=model, args=args, mixup_alpha=0.4)
     inputs = {"pixel_values": torch.randn(6, 3, 8, 8), "labels": torch.tensor([0, 1, 2, 0, 1, 2])}
     torch.manual_seed(0)
     loss = trainer.compute_loss(model, inputs)
@@ -224,6 +224,24 @@ def test_mixup_loss_mixes_the_labels_and_smooths_them(tmp_path, smoothing):
     nll = -(lam * log_probs[range(6), labels] + (1 - lam) * log_probs[range(6), labels[order]])
     expected = ((1 - smoothing) * nll - smoothing * log_probs.mean(-1)).mean()
     torch.testing.assert_close(loss, expected)
+
+
+def test_flip_test_images_averages_the_logits_of_each_image_and_its_mirror(tmp_path):
+    """--flip_test_images: evaluation sees the mean of the logits of x and of x mirrored left to right."""
+    model = MixerForImageClassification(MixerConfig(image_size=8, patch_size=4, hidden_size=8, num_hidden_layers=1,
+                                                    tokens_mlp_dim=4, channels_mlp_dim=8, num_labels=3)).eval()
+    torch.nn.init.normal_(model.classifier.weight)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, label_smoothing_factor=0.1, report_to="none")
+    trainer = run_image_classification.ImageClassificationTrainer(model=model, args=args, flip_test_images=True)
+    pixel_values, labels = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    loss, logits, _ = trainer.prediction_step(model, {"pixel_values": pixel_values, "labels": labels}, False)
+    with torch.no_grad():
+        mirror = torch.from_numpy(pixel_values.numpy()[..., ::-1].copy())  # each row of pixels reversed
+        plain, mirrored = model(pixel_values).logits, model(mirror).logits
+    assert not torch.allclose(plain, mirrored)  # the mirror changes the logits: the test can tell
+    torch.testing.assert_close(logits, (plain + mirrored) / 2)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy((plain + mirrored) / 2, labels,
+                                                                       label_smoothing=0.1))
 
 
 def test_image_classification_bad_input_stops_with_a_clear_message(image_folders):

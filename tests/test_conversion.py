@@ -91,7 +91,7 @@ def test_timm_variants_convert_exactly(name):
     assert model.config.hidden_act == "gelu" and model.config.num_labels == 1000
     assert model.config.id2label[0] == "tench, Tinca tinca"
     assert expected.std() > 0.05  # the comparison is not between near-zero logits
-    torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.logits, expected, rtol=1e-5, atol=1e-5)
     assert len(out.hidden_states) == len(reference.blocks) + 1
     torch.testing.assert_close(out.hidden_states[0], reference.stem(x), atol=1e-5, rtol=1e-5)
     for ours, theirs in zip(out.hidden_states[1:], intermediates, strict=True):
@@ -113,7 +113,7 @@ def test_cli_folder_loads_and_matches_timm(s32):
             "modeling_mixer.py"} <= {p.name for p in folder.iterdir()}
     model = MixerForImageClassification.from_pretrained(folder).eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(pixels()).logits, reference(pixels()), atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(pixels()).logits, reference(pixels()), rtol=1e-5, atol=1e-5)
 
 
 def test_headless_timm_model():
@@ -121,7 +121,7 @@ def test_headless_timm_model():
     model = convert.convert_timm_state_dict(reference.state_dict())
     assert model.config.num_labels == 0 and isinstance(model.classifier, nn.Identity)
     with torch.no_grad():
-        torch.testing.assert_close(model(pixels()).logits, reference(pixels()), atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(pixels()).logits, reference(pixels()), rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ JAX → ours
@@ -159,8 +159,8 @@ def test_jax_npz_converts_with_tanh_gelu(tmp_path):
     assert loaded.config.hidden_act == "gelu_pytorch_tanh"
     with torch.no_grad():
         expected = reference(pixels())
-        torch.testing.assert_close(model(pixels()).logits, expected, atol=1e-5, rtol=0)
-        torch.testing.assert_close(loaded(pixels()).logits, expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(pixels()).logits, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loaded(pixels()).logits, expected, rtol=1e-5, atol=1e-5)
         assert (from_timm(pixels()).logits - expected).abs().max() > 1e-5  # the exact GELU would differ
 
 
@@ -172,7 +172,7 @@ def test_round_trip_to_timm():
     reference = timm.create_model("mixer_b32_224", pretrained=False, num_classes=7).eval()
     reference.load_state_dict(convert.to_timm_state_dict(model), strict=True)
     with torch.no_grad():
-        torch.testing.assert_close(reference(pixels()), model(pixels()).logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(reference(pixels()), model(pixels()).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_cli_to_timm(s32, tmp_path):
@@ -268,7 +268,7 @@ def test_auto_class_and_pipeline_in_a_fresh_process_without_the_package(s32, tmp
         print(json.dumps(classify({str(tmp_path / "image.png")!r}, top_k=3)))
     """)
     with torch.no_grad():
-        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), reference(pixels()), atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), reference(pixels()), rtol=1e-5, atol=1e-5)
     here = pipeline("image-classification", model=str(folder))(str(tmp_path / "image.png"), top_k=3)
     there = json.loads(output)
     assert [r["label"] for r in there] == [r["label"] for r in here] and there[0]["label"] in IMAGENET_LABELS
@@ -330,7 +330,7 @@ def test_resize_token_mixing_tiles_the_image(tmp_path):
     for ours, theirs in zip(big.hidden_states, small.hidden_states, strict=True):
         quarters = ours.reshape(2, 14, 2, 14, 64).permute(0, 2, 1, 3, 4).reshape(4, 196, 64)
         torch.testing.assert_close(quarters, theirs.expand(4, -1, -1), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(big.logits, small.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(big.logits, small.logits, rtol=1e-5, atol=1e-5)
 
     resized.save_pretrained(tmp_path)  # the updated config rebuilds the same shapes
     reloaded = MixerForImageClassification.from_pretrained(tmp_path)
@@ -365,7 +365,7 @@ def test_resize_token_mixing_tiles_a_non_square_grid(tmp_path):
         big = resized(image.repeat(1, 1, 2, 1), output_hidden_states=True)  # the image above itself
     for ours, theirs in zip(big.hidden_states, small.hidden_states, strict=True):  # the grid's halves: rows 0-13, 14-27
         torch.testing.assert_close(ours.reshape(2, 196, 32), theirs.expand(2, -1, -1), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(big.logits, small.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(big.logits, small.logits, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"shape \(batch_size, 3, 448, 224\).*got \(1, 3, 224, 448\)"):
         resized(torch.randn(1, 3, 224, 448))
     resized.save_pretrained(tmp_path)

@@ -56,6 +56,10 @@ class MixerConfig(PreTrainedConfig):
             token-mixing MLP, whose weights are position-specific: there are no position embeddings.
         pad_token_id (`int`, *optional*, defaults to 0): id of the padding token (text).
         tie_word_embeddings (`bool`, defaults to `True`): tie the MLM decoder to the token embeddings.
+        sparse_prediction (`bool`, defaults to `False`): in training with labels, run the MLM head on the labelled
+            positions only (as ModernBERT's flag): the same loss for a fraction of the head's cost, and `logits` of
+            shape `(number of labels != -100, vocab_size)`. Evaluation and inference always return
+            `(batch_size, sequence_length, vocab_size)`.
 
     Example:
 
@@ -86,6 +90,7 @@ class MixerConfig(PreTrainedConfig):
     max_position_embeddings: int = 512
     pad_token_id: int | None = 0
     tie_word_embeddings: bool = True
+    sparse_prediction: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -105,27 +105,17 @@ class MixerMLP(nn.Module):
 
 class MixerTokenMixingMLP(MixerMLP):
     """
-    The MLP across tokens, one for all channels. The paper writes it on the transpose, MLP(X^T)^T for X of shape
-    (tokens, channels); multiplying from the left, W2 · act(W1 · X + b1) + b2, is the same product without the two
-    transposes. A sequence of L < S tokens uses the first L columns of W1 and the first L rows of W2 and b2: exactly
-    what zero-padding it to S tokens would give, without computing on the padding.
+    The MLP across tokens, one for all channels: MLP(X^T)^T for X of shape (tokens, channels). It runs on the
+    transpose, as timm's does, so that fc1 and fc2 are called as the `nn.Linear` modules they are: LoRA, quantization
+    and offload hooks, which wrap or replace modules, see them. A sequence of L < S tokens is zero-padded to the S
+    inputs of fc1: the padded columns of W1 meet zeros, so the L outputs that are kept are exactly those of
+    W1[:, :L] (the padding copy is the one that the transpose needs anyway).
     """
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        batch, length, channels = hidden_states.shape
-        w1, b1, w2, b2 = self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
-        # Autocast would cast the broadcast views below, writing out one copy of the weights per sample: cast them
-        # first, as autocast would (every floating dtype but float64).
-        device = hidden_states.device.type
-        if torch.is_autocast_enabled(device) and w1.dtype != torch.float64:
-            w1, b1, w2, b2 = (p.to(torch.get_autocast_dtype(device)) for p in (w1, b1, w2, b2))
-        # One GEMM per sample that reads X as it lies and adds the bias in place (baddbmm); the weights and biases
-        # are broadcast over the batch as views, not copied.
-        hidden = torch.baddbmm(b1[None, :, None].expand(batch, -1, channels), w1[None, :, :length].expand(batch, -1, -1),
-                               hidden_states)
-        hidden = self.dropout(self.act(hidden))
-        return self.dropout(torch.baddbmm(b2[None, :length, None].expand(batch, -1, channels),
-                                          w2[None, :length].expand(batch, -1, -1), hidden))
+        length = hidden_states.shape[1]
+        tokens = nn.functional.pad(hidden_states.transpose(1, 2), (0, self.fc1.in_features - length))
+        return super().forward(tokens)[..., :length].transpose(1, 2)  # (batch, tokens, channels) again
 
 
 class MixerDropPath(nn.Module):
@@ -351,8 +341,9 @@ class MixerModel(MixerPreTrainedModel):
 
     def _check_values(self, pixel_values, input_ids, attention_mask, inputs_embeds):
         """
-        The checks that read the data, in eager mode only (a compiled graph keeps no data-dependent branches). They
-        are reduced to one tensor of flags and read with one host sync; the messages are built only on failure.
+        The checks that read the data, in eager mode only (a compiled graph keeps no data-dependent branches), on CPU
+        tensors and in inference. They are reduced to one tensor of flags and read with one host sync; the messages
+        are built only on failure.
         """
         flags = []  # (flag, what it means): one 0-d bool tensor each
         for name, value in [("pixel_values", pixel_values), ("inputs_embeds", inputs_embeds)]:
@@ -410,7 +401,10 @@ class MixerModel(MixerPreTrainedModel):
                 and isinstance(pixel_values, torch.Tensor) and not pixel_values.is_floating_point()):
             input_ids, pixel_values = pixel_values, None  # token ids passed positionally: model(input_ids)
         self._check_inputs(pixel_values, input_ids, attention_mask, inputs_embeds)
-        if not torch.compiler.is_compiling():
+        on_cpu = (pixel_values if pixel_values is not None else input_ids if input_ids is not None
+                  else inputs_embeds).device.type == "cpu"
+        if not torch.compiler.is_compiling() and (on_cpu or not torch.is_grad_enabled()):
+            # Reading the data waits for the device: on an accelerator, only where no training step would stall.
             self._check_values(pixel_values, input_ids, attention_mask, inputs_embeds)
         if pixel_values is not None:
             hidden_states = self.embeddings(pixel_values)
@@ -512,10 +506,8 @@ class MixerForMaskedLM(MixerPreTrainedModel):
     ) -> MaskedLMOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
-            the original ids at the masked positions, -100 elsewhere (ignored by the loss). Given labels, the head
-            runs at the labelled positions only, and `logits` has shape `(number of labels != -100, vocab_size)`: the
-            logits of those positions, in row-major order (`labels[labels != -100]` are their targets). Without
-            labels, `logits` has shape `(batch_size, sequence_length, vocab_size)`.
+            the original ids at the masked positions, -100 elsewhere (ignored by the loss). `logits` has shape
+            `(batch_size, sequence_length, vocab_size)`, except in training with `config.sparse_prediction`.
         """
         outputs = self.mixer(
             input_ids=input_ids,
@@ -524,7 +516,7 @@ class MixerForMaskedLM(MixerPreTrainedModel):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        if labels is not None:
+        if labels is not None and self.training and self.config.sparse_prediction:
             # Sparse decoder: only the ~15% labelled positions are scored, so only they go through the head, whose
             # vocabulary projection costs as much as the trunk at a BERT-sized vocabulary. The loss is the same as
             # the dense one (the others have weight 0 in it). Under torch.compile the number of labelled positions

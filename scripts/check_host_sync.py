@@ -19,7 +19,64 @@ from pathlib import Path
 
 import torch
 
-from benchmark import CASES, build, make_inputs
+from benchmark_cases import CASES, build, make_inputs
+
+
+def measure(case, sparse, batch_size: int, steps: int) -> dict:
+    """Whether a training step's forward and backward synchronise, and its time with and without the data checks."""
+    device = torch.device("cuda")
+    if sparse is not None:
+        case = dataclasses.replace(case, config=copy.deepcopy(case.config))
+        case.config.sparse_prediction = sparse
+    model = build(case, "mixer").to(device).train()
+    inputs, labels = make_inputs(case, batch_size, device)
+    labels = labels.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    base = model.base_model
+    unchecked = base.forward
+
+    def forward_backward():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**inputs, labels=labels).loss
+        loss.backward()
+
+    def step():
+        forward_backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def checked_forward(*args, **kwargs):  # what a step cost when every forward read its data back
+        base._check_values(*(kwargs.get(name) for name in ("pixel_values", "input_ids", "attention_mask",
+                                                           "inputs_embeds")))
+        return unchecked(*args, **kwargs)
+
+    step()  # the optimizer's state, cuBLAS handles
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        forward_backward()
+        synchronising = None
+    except RuntimeError as error:
+        synchronising = str(error).splitlines()[0]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    optimizer.zero_grad(set_to_none=True)
+    times = {}
+    for name, forward in [("as shipped", unchecked), ("data checks forced", checked_forward)]:
+        base.forward = forward
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        seconds = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - start)
+        times[name] = 1e3 * statistics.median(seconds)
+    base.forward = unchecked
+    return dict(case=case.name, sparse_prediction=sparse, batch_size=batch_size, synchronising_call=synchronising,
+                ms_per_step=times)
 
 
 def main():
@@ -29,69 +86,15 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--output_dir", default="host_sync_results")
     args = parser.parse_args()
-    device = torch.device("cuda")
     results = []
-    variants = [(CASES[name], None) for name in args.cases.split(",")]
-    variants = [(case, sparse) for case, _ in variants
-                for sparse in ([None] if case.modality == "image" else [False, True])]
-    for case, sparse in variants:
-        if sparse is not None:
-            case = dataclasses.replace(case, config=copy.deepcopy(case.config))
-            case.config.sparse_prediction = sparse
-        model = build(case, "mixer").to(device).train()
-        inputs, labels = make_inputs(case, args.batch_size, device)
-        labels = labels.to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        base = model.base_model
-        unchecked = base.forward
-
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = model(**inputs, labels=labels).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        def checked_forward(*a, **kw):  # what a step cost when every forward read its data back
-            base._check_values(kw.get("pixel_values"), kw.get("input_ids"), kw.get("attention_mask"),
-                               kw.get("inputs_embeds"))
-            return unchecked(*a, **kw)
-
-        step()  # the optimizer's state, cuBLAS handles
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = model(**inputs, labels=labels).loss
-            loss.backward()
-            synchronising = None
-        except RuntimeError as error:
-            synchronising = str(error).splitlines()[0]
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        optimizer.zero_grad(set_to_none=True)
-        times = {}
-        for name, forward in [("as shipped", unchecked), ("data checks forced", checked_forward)]:
-            base.forward = forward
-            for _ in range(3):
-                step()
-            torch.cuda.synchronize()
-            seconds = []
-            for _ in range(args.steps):
-                start = time.perf_counter()
-                step()
-                torch.cuda.synchronize()
-                seconds.append(time.perf_counter() - start)
-            times[name] = statistics.median(seconds)
-        base.forward = unchecked
-        row = dict(case=case.name, sparse_prediction=sparse, batch_size=args.batch_size, synchronising_call=synchronising,
-                   ms_per_step={k: 1e3 * v for k, v in times.items()})
-        results.append(row)
-        print(json.dumps(row), flush=True)
+    for case in (CASES[name] for name in args.cases.split(",")):
+        for sparse in [None] if case.modality == "image" else [False, True]:
+            results.append(measure(case, sparse, args.batch_size, args.steps))
+            print(json.dumps(results[-1]), flush=True)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "host_sync.json").write_text(json.dumps(dict(device=torch.cuda.get_device_name(),
-                                                           torch=torch.__version__, results=results), indent=2))
+    report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, results=results)
+    (output / "host_sync.json").write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,23 +1,172 @@
 """What the training scripts share: logging, config overrides, the metrics, loading data, the run and its card."""
 
+import functools
+import gzip
 import logging
 import math
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import evaluate
+import numpy as np
 import torch
 import transformers
-from datasets import ClassLabel, DatasetDict, IterableDataset
-from transformers import TrainerCallback
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, IterableDataset
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    FNetConfig,
+    FNetForMaskedLM,
+    PreTrainedTokenizerFast,
+    TrainerCallback,
+)
 
 from configuration_mixer import MixerConfig
 from model_card import write_model_card
+from modeling_mixer import MixerForMaskedLM
 
 logger = logging.getLogger(__name__)
 LOCAL_METRICS = Path(__file__).resolve().parent / "metrics"
+
+
+def bf16_matrix_units() -> str | None:
+    """The CPU's bf16 matrix instructions (AMX, AVX-512 BF16) that make bf16 products 3-4x faster than fp32, if any."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):  # not Linux: no cheap way to know, so fp32
+        return None
+    found = [name for flag, name in [("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16")] if flag in flags]
+    return " and ".join(found) or None
+
+
+def choose_precision(training_args, argv=None):
+    """
+    bf16 autocast where the hardware has fast bf16 products (a CUDA GPU that supports it, a CPU with bf16 matrix
+    units), fp32 elsewhere; --bf16 true/false decides when given. Logs the choice and why.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg.split("=")[0] in ("--bf16", "--no_bf16", "--fp16") for arg in argv):
+        reason = "as asked on the command line"
+    elif training_args.device.type == "cuda":
+        training_args.bf16 = torch.cuda.is_bf16_supported()
+        reason = f"{'the GPU supports bf16' if training_args.bf16 else 'the GPU has no bf16'}"
+    elif training_args.device.type == "cpu":
+        units = bf16_matrix_units()
+        training_args.bf16 = units is not None
+        reason = f"the CPU has {units}" if units else "the CPU has no bf16 matrix units (AMX, AVX-512 BF16)"
+    else:
+        reason = f"the default on {training_args.device.type}"
+    logger.warning(f"Precision: {'bf16 autocast' if training_args.bf16 else 'fp16' if training_args.fp16 else 'fp32'}, "
+                   f"{reason}.")
+
+
+# ---------------------------------------------------------------------------------------------------- data sets
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                        "Ankle boot"]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST's format): magic (2 zero bytes, type, number of dimensions), big-endian sizes, the data."""
+    data = gzip.decompress(path.read_bytes())
+    ndim = data[3]
+    shape = np.frombuffer(data, dtype=">u4", count=ndim, offset=4)
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+@functools.cache
+def fashion_mnist(directory: str | Path = FASHION_MNIST) -> DatasetDict:
+    """Fashion-MNIST's train and test splits from the four IDX .gz files in `directory`."""
+    directory = Path(directory)
+    files = {split: (directory / f"{prefix}-images-idx3-ubyte.gz", directory / f"{prefix}-labels-idx1-ubyte.gz")
+             for split, prefix in [("train", "train"), ("test", "t10k")]}
+    missing = [path.name for pair in files.values() for path in pair if not path.is_file()]
+    if missing:
+        raise ValueError(
+            f"No data given and Fashion-MNIST is missing from {directory} ({', '.join(missing)}): install Debian's "
+            "package as root (`apt-get install -y dataset-fashion-mnist`, or `make train-images`), or put the four "
+            ".gz files of github.com/zalandoresearch/fashion-mnist in a folder and pass --fashion_mnist_dir, or pass "
+            "--train_dir / --dataset_name."
+        )
+    features = Features({"image": Image(), "label": ClassLabel(names=FASHION_MNIST_LABELS)})
+    return DatasetDict({
+        split: Dataset.from_dict({"image": list(read_idx(images)), "label": read_idx(labels)}, features=features)
+        for split, (images, labels) in files.items()
+    })
+
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+# The size of a new text model (run_mlm.py, run_text_classification.py), before --config_overrides: about the compute-optimal size for the main job's budget
+# (docs/text.md). The peers get the Mixer's width, depth and length, its channels_mlp_dim as their feed-forward
+# width, no dropout (like the Mixer), and BERT 64-wide attention heads.
+PEER = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=512, hidden_dropout_prob=0.0)
+TEXT_MODEL_DEFAULTS = {
+    "mlp-mixer": (MixerConfig, MixerForMaskedLM, dict(modality="text", hidden_size=128, num_hidden_layers=4,
+                                                      tokens_mlp_dim=128, channels_mlp_dim=512,
+                                                      sparse_prediction=True)),
+    "bert": (BertConfig, BertForMaskedLM, dict(**PEER, num_attention_heads=2, attention_probs_dropout_prob=0.0)),
+    "fnet": (FNetConfig, FNetForMaskedLM, PEER),
+}
+
+
+@dataclass
+class TextModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A saved model (directory or Hub id) to continue from. Default: a new model."}
+    )
+    model_type: str = field(
+        default="mlp-mixer", metadata={"help": "The new model's kind.", "choices": list(TEXT_MODEL_DEFAULTS)}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Fields of the new model's config, e.g. 'hidden_size=128,num_hidden_layers=6'."},
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "A saved tokenizer to use. Default: the model's, or one trained on the data."}
+    )
+    tokenizer_type: str = field(
+        default="wordpiece",
+        metadata={"help": "The tokenizer trained when none is given.", "choices": ["char", "wordpiece"]},
+    )
+    tokenizer_vocab_size: int = field(default=8192, metadata={"help": "Vocabulary size of a trained WordPiece."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloads are cached."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model."})
+    token: str | None = field(default=None, metadata={"help": "Hub token for private models and datasets."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the Hub (models, datasets)."})
+
+
+def train_tokenizer(texts, model_args, max_length: int) -> PreTrainedTokenizerFast:
+    """A WordPiece (lower-cased, BERT's pre-tokenizer) or a character-level tokenizer, trained on `texts`."""
+    if model_args.tokenizer_type == "wordpiece":
+        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=model_args.tokenizer_vocab_size, special_tokens=SPECIAL_TOKENS)
+    else:  # every character a token, newlines and spaces included
+        tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tokenizer.decoder = decoders.Fuse()
+        trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, model_max_length=max_length, pad_token="[PAD]", unk_token="[UNK]",
+        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- runs
 
 
 def setup_logging(training_args):

@@ -19,9 +19,9 @@ import PIL.Image
 import torch
 from transformers import AutoImageProcessor
 
+from common import FASHION_MNIST, fashion_mnist
 from convert_mixer_checkpoint import resize_image_processor
 from modeling_mixer import MixerForImageClassification
-from run_image_classification import FASHION_MNIST, fashion_mnist
 
 
 @torch.no_grad()

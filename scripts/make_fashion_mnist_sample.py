@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from run_image_classification import FASHION_MNIST, read_idx
+from common import FASHION_MNIST, read_idx
 
 
 def write_idx(path: Path, array: np.ndarray):

@@ -8,11 +8,12 @@ recipe on the full Fashion-MNIST (28×28, patches 4×4: a 7×7 grid), hidden 64,
 """
 
 import argparse
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
-
-import run_image_classification
 
 MODEL = "patch_size=4,hidden_size=64,num_hidden_layers=3,tokens_mlp_dim=32,channels_mlp_dim=128"
 KEPT = ["config.json", "model.safetensors", "preprocessor_config.json"]
@@ -23,10 +24,12 @@ def main(argv=None):
     parser.add_argument("--output", type=Path, default=Path(__file__).parents[1] / "tests/data/mixer-fashion-mnist-28")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        results = run_image_classification.main([
-            "--config_overrides", MODEL, "--max_steps", "1500", "--eval_steps", "500", "--use_cpu",
-            "--disable_tqdm", "true", "--seed", "0", "--output_dir", tmp,
-        ])
+        subprocess.run([
+            sys.executable, Path(__file__).with_name("run_image_classification.py"), "--config_overrides", MODEL,
+            "--max_steps", "1500", "--eval_steps", "500", "--use_cpu", "--bf16", "false", "--disable_tqdm", "true",
+            "--seed", "0", "--output_dir", tmp,
+        ], check=True)
+        results = json.loads((Path(tmp) / "all_results.json").read_text())
         args.output.mkdir(parents=True, exist_ok=True)
         for name in KEPT:
             shutil.copy(Path(tmp) / name, args.output / name)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmark import CASES, prepare, synchronize
+from benchmark_cases import CASES, prepare, synchronize
 
 # First match wins; names are those of aten operators and of the kernels that inductor and cuBLAS generate.
 CATEGORIES = [

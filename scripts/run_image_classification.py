@@ -17,8 +17,6 @@ accuracy on the 10,000 test images at the end:
 Every `TrainingArguments` flag works (`--learning_rate`, `--max_steps`, `--push_to_hub`, `--use_cpu`...).
 """
 
-import functools
-import gzip
 import io
 import logging
 from dataclasses import dataclass, field
@@ -28,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, IterableDataset, IterableDatasetDict
+from datasets import Dataset, DatasetDict, Image, IterableDataset, IterableDatasetDict
 from torchvision import transforms
 from transformers import (
     AutoConfig,
@@ -45,9 +43,12 @@ from transformers import (
 
 import modeling_mixer  # noqa: F401  (registers the Mixer with the Auto classes)
 from common import (
+    FASHION_MNIST,
     check_column,
     check_streaming,
+    choose_precision,
     encode_labels,
+    fashion_mnist,
     hold_out_every_kth,
     load_dataset_or_explain,
     load_metric,
@@ -59,9 +60,6 @@ from configuration_mixer import MixerConfig
 from modeling_mixer import MixerForImageClassification
 
 logger = logging.getLogger(__name__)
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                        "Ankle boot"]
 STREAMING_SHUFFLE_BUFFER = 10_000  # images (still encoded) held to shuffle a stream
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -139,35 +137,6 @@ class DataTrainingArguments:
 
 
 # ---------------------------------------------------------------------------------------------------- data
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (MNIST's format): magic (2 zero bytes, type, number of dimensions), big-endian sizes, the data."""
-    data = gzip.decompress(path.read_bytes())
-    ndim = data[3]
-    shape = np.frombuffer(data, dtype=">u4", count=ndim, offset=4)
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-@functools.cache
-def fashion_mnist(directory: str | Path = FASHION_MNIST) -> DatasetDict:
-    """Fashion-MNIST's train and test splits from the four IDX .gz files in `directory`."""
-    directory = Path(directory)
-    files = {split: (directory / f"{prefix}-images-idx3-ubyte.gz", directory / f"{prefix}-labels-idx1-ubyte.gz")
-             for split, prefix in [("train", "train"), ("test", "t10k")]}
-    missing = [path.name for pair in files.values() for path in pair if not path.is_file()]
-    if missing:
-        raise ValueError(
-            f"No data given and Fashion-MNIST is missing from {directory} ({', '.join(missing)}): install Debian's "
-            "package as root (`apt-get install -y dataset-fashion-mnist`, or `make train-images`), or put the four "
-            ".gz files of github.com/zalandoresearch/fashion-mnist in a folder and pass --fashion_mnist_dir, or pass "
-            "--train_dir / --dataset_name."
-        )
-    features = Features({"image": Image(), "label": ClassLabel(names=FASHION_MNIST_LABELS)})
-    return DatasetDict({
-        split: Dataset.from_dict({"image": list(read_idx(images)), "label": read_idx(labels)}, features=features)
-        for split, (images, labels) in files.items()
-    })
 
 
 def image_folder(directory: str) -> str:
@@ -354,6 +323,7 @@ def parse_args(argv=None):
 def main(argv=None):
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
+    choose_precision(training_args, argv)
     check_streaming(data_args.streaming, training_args)
     logger.info(f"Training/evaluation parameters {training_args}")
     set_seed(training_args.seed)

@@ -27,17 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, IterableDatasetDict
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForMaskedLM,
     AutoTokenizer,
-    BertConfig,
-    BertForMaskedLM,
     DataCollatorForLanguageModeling,
-    FNetConfig,
-    FNetForMaskedLM,
     HfArgumentParser,
-    PreTrainedTokenizerFast,
     Trainer,
     TrainingArguments,
     pipeline,
@@ -46,61 +40,22 @@ from transformers import (
 
 import modeling_mixer  # noqa: F401  (registers the Mixer with the Auto classes)
 from common import (
+    TEXT_MODEL_DEFAULTS,
+    TextModelArguments,
     check_column,
     check_streaming,
+    choose_precision,
     hold_out_every_kth,
     load_dataset_or_explain,
     load_metric,
     parse_config_overrides,
     setup_logging,
     train_evaluate_save,
+    train_tokenizer,
 )
-from configuration_mixer import MixerConfig
-from modeling_mixer import MixerForMaskedLM
 
 logger = logging.getLogger(__name__)
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 STREAMING_SHUFFLE_BUFFER = 10_000  # blocks (of --max_seq_length tokens) held to shuffle a streamed corpus
-
-# The size of a new model, before --config_overrides: about the compute-optimal size for the main job's budget
-# (docs/text.md). The peers get the Mixer's width, depth and length, its channels_mlp_dim as their feed-forward
-# width, no dropout (like the Mixer), and BERT 64-wide attention heads.
-PEER = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=512, hidden_dropout_prob=0.0)
-MODEL_DEFAULTS = {
-    "mlp-mixer": (MixerConfig, MixerForMaskedLM, dict(modality="text", hidden_size=128, num_hidden_layers=4,
-                                                      tokens_mlp_dim=128, channels_mlp_dim=512,
-                                                      sparse_prediction=True)),
-    "bert": (BertConfig, BertForMaskedLM, dict(**PEER, num_attention_heads=2, attention_probs_dropout_prob=0.0)),
-    "fnet": (FNetConfig, FNetForMaskedLM, PEER),
-}
-
-
-@dataclass
-class ModelArguments:
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "A saved model (directory or Hub id) to continue from. Default: a new model."}
-    )
-    model_type: str = field(
-        default="mlp-mixer", metadata={"help": "The new model's kind.", "choices": list(MODEL_DEFAULTS)}
-    )
-    config_overrides: str | None = field(
-        default=None,
-        metadata={"help": "Fields of the new model's config, e.g. 'hidden_size=128,num_hidden_layers=6'."},
-    )
-    tokenizer_name: str | None = field(
-        default=None, metadata={"help": "A saved tokenizer to use. Default: the model's, or one trained on the data."}
-    )
-    tokenizer_type: str = field(
-        default="wordpiece",
-        metadata={"help": "The tokenizer trained when none is given.", "choices": ["char", "wordpiece"]},
-    )
-    tokenizer_vocab_size: int = field(default=8192, metadata={"help": "Vocabulary size of a trained WordPiece."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where downloads are cached."})
-    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model."})
-    token: str | None = field(default=None, metadata={"help": "Hub token for private models and datasets."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the Hub (models, datasets)."})
-
-
 @dataclass
 class DataTrainingArguments:
     dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub (needs network)."})
@@ -212,31 +167,6 @@ def load_raw_datasets(data_args, model_args) -> DatasetDict | IterableDatasetDic
     return raw
 
 
-def train_tokenizer(texts, model_args, max_length: int) -> PreTrainedTokenizerFast:
-    """A WordPiece (lower-cased, BERT's pre-tokenizer) or a character-level tokenizer, trained on `texts`."""
-    if model_args.tokenizer_type == "wordpiece":
-        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tokenizer.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=model_args.tokenizer_vocab_size, special_tokens=SPECIAL_TOKENS)
-    else:  # every character a token, newlines and spaces included
-        tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-        tokenizer.decoder = decoders.Fuse()
-        trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS)
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, model_max_length=max_length, pad_token="[PAD]", unk_token="[UNK]",
-        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_input_names=["input_ids", "attention_mask"],
-    )
-
-
 def group_texts(examples, indices, tokenizer, block_size: int, short_seq_probability: float, seed: int):
     """
     Concatenates the tokenized texts and cuts them into blocks of `block_size` tokens between [CLS] and [SEP]; a
@@ -308,14 +238,15 @@ def mask_once(batch, collator):
 
 
 def parse_args(argv=None):
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+    parser = HfArgumentParser((TextModelArguments, DataTrainingArguments, TrainingArguments))
     # The embedded job's defaults: Shakespeare in blocks of 128 WordPiece tokens, trained and evaluated in about 10
-    # minutes on 2 CPU cores (docs/text.md).
+    # minutes on 2 CPU cores with bf16 units (docs/text.md). Batches of 64 blocks: with 16, the model sat on the
+    # unigram plateau for most of the budget, or all of it, depending on the CPU.
     parser.set_defaults(
         output_dir="outputs/mixer-mlm-shakespeare", do_train=True, do_eval=True, learning_rate=4e-3,
-        weight_decay=0.01, warmup_steps=0.05, max_steps=3500, per_device_train_batch_size=16,
-        per_device_eval_batch_size=128, eval_strategy="steps", eval_steps=250, logging_steps=25,
-        max_eval_samples=1000, save_strategy="no", report_to="none", max_grad_norm=1.0,
+        weight_decay=0.01, warmup_steps=0.05, max_steps=3500, per_device_train_batch_size=64,
+        per_device_eval_batch_size=128, eval_strategy="steps", eval_steps=500, logging_steps=50,
+        max_eval_samples=500, save_strategy="no", report_to="none", max_grad_norm=1.0,
     )
     return parser.parse_args_into_dataclasses(args=argv)
 
@@ -323,6 +254,7 @@ def parse_args(argv=None):
 def main(argv=None):
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
+    choose_precision(training_args, argv)
     check_streaming(data_args.streaming, training_args)
     logger.info(f"Training/evaluation parameters {training_args}")
     set_seed(training_args.seed)
@@ -352,7 +284,7 @@ def main(argv=None):
             token=model_args.token, trust_remote_code=model_args.trust_remote_code,
         )
     else:
-        config_class, model_class, defaults = MODEL_DEFAULTS[model_args.model_type]
+        config_class, model_class, defaults = TEXT_MODEL_DEFAULTS[model_args.model_type]
         fields = {**defaults, "vocab_size": len(tokenizer), "max_position_embeddings": data_args.max_seq_length,
                   "pad_token_id": tokenizer.pad_token_id}
         config = config_class(**{**fields, **parse_config_overrides(config_class, model_args.config_overrides)})
@@ -391,12 +323,23 @@ def main(argv=None):
     metric = load_metric("accuracy")
 
     def preprocess_logits_for_metrics(logits, labels):
-        return logits.argmax(dim=-1)  # keeps one id per token instead of the whole vocabulary
+        # Keeps the five best ids of each masked token instead of the whole vocabulary at every position.
+        masked = labels != -100
+        top5 = torch.full((*labels.shape, 5), -100, device=labels.device)
+        top5[masked] = logits[masked].topk(5, dim=-1).indices
+        return top5
 
     def compute_metrics(eval_preds):
-        preds, labels = eval_preds
+        top5, labels = eval_preds
         masked = labels != -100
-        return metric.compute(predictions=preds[masked], references=labels[masked])
+        top5, labels = top5[masked], labels[masked]
+        return {
+            **metric.compute(predictions=top5[:, 0], references=labels),
+            "top5_accuracy": float((top5 == labels[:, None]).any(-1).mean()),
+            # The unigram plateau: always guessing the most frequent of these masked tokens.
+            "unigram_accuracy": float(np.bincount(labels).max() / len(labels)),
+            "masked_tokens": len(labels),
+        }
 
     trainer = Trainer(
         model=model,
@@ -418,11 +361,18 @@ def main(argv=None):
         texts = raw["validation"][column] if not data_args.streaming else [
             row[column] for row in islice(raw["validation"], 10_000)]  # a stream's first ones
         show_fill_mask(training_args.output_dir, texts, data_args.fill_mask_examples)
+        if training_args.do_eval:
+            print(f"Over the {int(results['eval_masked_tokens'])} masked tokens of the evaluation blocks: "
+                  f"top-1 {results['eval_accuracy']:.1%}, top-5 {results['eval_top5_accuracy']:.1%}; always guessing "
+                  f"the most frequent one (the unigram plateau) {results['eval_unigram_accuracy']:.1%}.")
     return results
 
 
 def show_fill_mask(model_dir, texts, count: int):
-    """Reloads the saved model through the Auto classes and fills one masked token in `count` evaluation texts."""
+    """
+    Reloads the saved model through the Auto classes and fills one masked word in `count` evaluation texts: the
+    pipeline's five best guesses, and the rank of the word that the text has among all the vocabulary's.
+    """
     model = AutoModelForMaskedLM.from_pretrained(model_dir)
     fill_mask = pipeline("fill-mask", model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir))
     tokenizer = fill_mask.tokenizer
@@ -436,11 +386,16 @@ def show_fill_mask(model_dir, texts, count: int):
         # A letter, or a whole word: not the first piece of a word that WordPiece split.
         words = [i for i in range(len(ids) // 3, len(ids)) if tokens[i].isalpha() and tokens[i + 1][:2] != "##"]
         position = int(rng.choice(words or [len(ids) - 1]))
-        answer = tokenizer.convert_ids_to_tokens(ids[position])
+        answer = ids[position]
         ids[position] = tokenizer.mask_token_id
         prompt = tokenizer.decode(ids)
-        guesses = ", ".join(f"{p['token_str']!r} {p['score']:.2f}" for p in fill_mask(prompt, top_k=3))
-        print(f"  {prompt!r}\n      → {guesses}   (the text has {answer!r})")
+        guesses = ", ".join(f"{p['token_str']!r} {p['score']:.2f}" for p in fill_mask(prompt, top_k=5))
+        with torch.no_grad():
+            inputs = tokenizer(prompt, return_tensors="pt")
+            logits = model(**inputs).logits[0, (inputs["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0, 0]]
+        rank = int((logits > logits[answer]).sum()) + 1
+        print(f"  {prompt!r}\n      → {guesses}   (the text has {tokenizer.convert_ids_to_tokens(answer)!r}, "
+              f"rank {rank} of {len(logits)})")
 
 
 if __name__ == "__main__":

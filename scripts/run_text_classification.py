@@ -54,8 +54,9 @@ from transformers import (
 )
 
 import modeling_mixer  # noqa: F401  (registers the Mixer with the Auto classes)
-import run_mlm
 from common import (
+    TEXT_MODEL_DEFAULTS,
+    TextModelArguments,
     check_column,
     encode_labels,
     load_dataset_or_explain,
@@ -63,6 +64,7 @@ from common import (
     parse_config_overrides,
     setup_logging,
     train_evaluate_save,
+    train_tokenizer,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,7 +73,7 @@ ROTTEN_TOMATOES_LABELS = ["rotten", "fresh"]
 
 
 @dataclass
-class ModelArguments(run_mlm.ModelArguments):
+class ModelArguments(TextModelArguments):
     model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "A saved model (directory or Hub id) to fine-tune, e.g. a Mixer MLM of run_mlm.py (its MLM "
@@ -195,7 +197,7 @@ def main(argv=None):
     label_kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
                         label2id={name: i for i, name in enumerate(labels)})
 
-    # Tokenizer: given, the model's, or trained on the training text (by run_mlm.py's train_tokenizer).
+    # Tokenizer: given, the model's, or trained on the training text (by common.train_tokenizer).
     source = model_args.tokenizer_name or model_args.model_name_or_path
     if source:
         tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=model_args.cache_dir, token=model_args.token)
@@ -204,7 +206,7 @@ def main(argv=None):
         with training_args.main_process_first(local=False, desc="training the tokenizer"):
             if training_args.process_index == 0:
                 texts = (raw["train"][i: i + 1000][text_column] for i in range(0, len(raw["train"]), 1000))
-                run_mlm.train_tokenizer(texts, model_args, data_args.max_seq_length).save_pretrained(saved)
+                train_tokenizer(texts, model_args, data_args.max_seq_length).save_pretrained(saved)
             tokenizer = AutoTokenizer.from_pretrained(saved)
     max_length = min(data_args.max_seq_length, tokenizer.model_max_length)
 
@@ -221,7 +223,7 @@ def main(argv=None):
         )
         max_length = min(max_length, model.config.max_position_embeddings)
     else:
-        config_class, _, defaults = run_mlm.MODEL_DEFAULTS[model_args.model_type]
+        config_class, _, defaults = TEXT_MODEL_DEFAULTS[model_args.model_type]
         fields = {**defaults, "vocab_size": len(tokenizer), "max_position_embeddings": max_length,
                   "pad_token_id": tokenizer.pad_token_id, **label_kwargs}
         config = config_class(**{**fields, **parse_config_overrides(config_class, model_args.config_overrides)})

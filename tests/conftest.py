@@ -13,7 +13,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="mixer-tests-hf-home-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-sys.path.insert(0, str(ROOT))  # the two model files, also when the package is not installed
+sys.path.insert(0, str(ROOT))  # the model and converter modules, also when the package is not installed
 sys.path.insert(1, str(ROOT / "scripts"))  # the scripts' modules, imported by name as the scripts import them
 
 
@@ -32,9 +32,9 @@ def text_files(tmp_path_factory):
 @pytest.fixture
 def image_folders(tmp_path):
     """Two classes of real Fashion-MNIST images as PNG files, in train/ and val/."""
-    import run_image_classification
+    from common import fashion_mnist
 
-    data = run_image_classification.fashion_mnist(FASHION_MNIST_SAMPLE)["train"]
+    data = fashion_mnist(FASHION_MNIST_SAMPLE)["train"]
     for split, rows in [("train", range(0, 300)), ("val", range(300, 400))]:
         for index in rows:
             example = data[index]

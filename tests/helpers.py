@@ -1,6 +1,5 @@
 """What several test files share."""
 
-import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -37,11 +36,3 @@ def run_without_package(code: str, env: dict | None = None) -> str:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
-
-
-def import_script(name: str):
-    """A module of scripts/, imported from its file."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

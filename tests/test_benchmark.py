@@ -1,11 +1,7 @@
 """A smoke run of the benchmark harness on tiny cases: it measures, compares and writes its reports."""
 
 import json
-import sys
 
-from helpers import ROOT
-
-sys.path.insert(0, str(ROOT / "scripts"))  # the benchmark imports the converter as its neighbour
 import benchmark  # noqa: E402
 
 

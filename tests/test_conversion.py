@@ -3,7 +3,6 @@
 import copy
 import json
 import os
-import sys
 from functools import partial
 
 import numpy as np
@@ -23,16 +22,14 @@ from transformers import (
     pipeline,
 )
 
+import convert_mixer_checkpoint as convert  # noqa: E402
+import evaluate_resize  # noqa: E402
+import plot_token_mixing as plot  # noqa: E402
+from common import fashion_mnist  # noqa: E402
 from configuration_mixer import MixerConfig
-from helpers import FASHION_MNIST_SAMPLE, ROOT, import_script, run_without_package
+from helpers import FASHION_MNIST_SAMPLE, ROOT, run_without_package
 from modeling_mixer import MixerForImageClassification, MixerModel
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import evaluate_resize  # noqa: E402
-from run_image_classification import fashion_mnist  # noqa: E402
-
-convert = import_script("convert_mixer_checkpoint")
-plot = import_script("plot_token_mixing")
 TRAINED_MIXER = ROOT / "tests/data/mixer-fashion-mnist-28"  # made by scripts/make_resize_test_model.py
 
 VARIANTS = ["mixer_s32_224", "mixer_s16_224", "mixer_b32_224", "mixer_b16_224", "mixer_l32_224", "mixer_l16_224"]

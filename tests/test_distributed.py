@@ -13,13 +13,10 @@ import torch
 import torch.distributed.checkpoint.format_utils as dcp_format
 from transformers import AutoModelForMaskedLM, TrainingArguments, pipeline
 
-from helpers import ROOT
-from configuration_mixer import MixerConfig
-import fsdp2_worker
-
-sys.path.insert(0, str(ROOT / "scripts"))
 import common  # noqa: E402
-import run_mlm  # noqa: E402
+import fsdp2_worker
+from configuration_mixer import MixerConfig
+from helpers import ROOT
 
 TINY = dict(hidden_size=16, num_hidden_layers=2, tokens_mlp_dim=8, channels_mlp_dim=32)
 TINY_HEADS = {

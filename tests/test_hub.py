@@ -19,13 +19,13 @@ import torch
 from huggingface_hub import ModelCard
 
 from configuration_mixer import MIXER_AUTO_MAP
-from helpers import ROOT, import_script, run_without_package
+from helpers import ROOT, run_without_package
 from hub_server import HubServer
 
 MLM, IMAGE, TRAINED = "user/mixer-mlm", "user/mixer-image", "user/mixer-trained"
 SOURCES = ("configuration_mixer.py", "modeling_mixer.py")
 TEXTS = ["w1 w2 [MASK] w3 zzz", "w4"]
-model_card = import_script("model_card")
+import model_card  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers.utils import logging
 from transformers import (
     AutoModel,
     AutoModelForImageClassification,
@@ -12,6 +11,7 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
+from transformers.utils import logging
 
 from configuration_mixer import MIXER_VARIANTS, MixerConfig
 from helpers import run_without_package

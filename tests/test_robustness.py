@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from datasets import Dataset
+from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassError
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassError
-from datasets import Dataset
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM, Trainer, TrainingArguments
 
+from common import StopOnDivergence
 from configuration_mixer import MixerConfig
 from modeling_mixer import MixerForImageClassification, MixerForMaskedLM, MixerModel
-from common import StopOnDivergence
 from test_modeling import TINY_IMAGE, TINY_TEXT, image_model, text_model
 
 PROJECT_FILES = {"configuration_mixer.py", "modeling_mixer.py"}

@@ -5,6 +5,7 @@ import copy
 import functools
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -15,17 +16,22 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
-from transformers import AutoImageProcessor, AutoModelForImageClassification, AutoModelForMaskedLM, AutoTokenizer
-from transformers import TrainingArguments, get_scheduler, pipeline
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    TrainingArguments,
+    get_scheduler,
+    pipeline,
+)
 
-from configuration_mixer import MixerConfig
-from helpers import FASHION_MNIST_SAMPLE, ROOT, TINY_IMAGES
-from modeling_mixer import MixerForImageClassification
-
-sys.path.insert(0, str(ROOT / "scripts"))
 import common  # noqa: E402
 import run_image_classification  # noqa: E402
 import run_mlm  # noqa: E402
+from configuration_mixer import MixerConfig
+from helpers import FASHION_MNIST_SAMPLE, ROOT, TINY_IMAGES
+from modeling_mixer import MixerForImageClassification
 
 TINY_MIXER_TEXT = "hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=32,channels_mlp_dim=64"
 TINY_MLM = ["--config_overrides", TINY_MIXER_TEXT, "--tokenizer_type", "char", "--max_seq_length", "32",
@@ -115,8 +121,13 @@ def test_mlm_default_job_is_subword_and_masks_whole_words(tmp_path, capsys):
     assert tokenizer.tokenize("To be, or not") == ["to", "be", ",", "or", "not"]  # lower-cased words
     assert any(token.startswith("##") for token in tokenizer.get_vocab())  # and WordPiece continuations
     printed = capsys.readouterr().out
-    answers = re.findall(r"\(the text has '(.*?)'\)", printed)
-    assert len(answers) == 3 and all(a.isalpha() for a in answers), printed  # whole words, not ## pieces
+    answers = re.findall(r"\(the text has '(.*?)', rank (\d+) of 1000\)", printed)
+    assert len(answers) == 3 and all(a.isalpha() and 1 <= int(rank) <= 1000 for a, rank in answers), printed
+    top5 = [re.findall(r" \d\.\d\d", line) for line in re.findall(r"→ (.*)   \(the text", printed)]
+    assert len(top5) == 3 and all(len(scores) == 5 for scores in top5), printed  # five guesses, each with its score
+    # The summary: top-1, top-5 and the unigram baseline on the evaluation masks.
+    assert results["eval_accuracy"] <= results["eval_top5_accuracy"] and 0 < results["eval_unigram_accuracy"] < 1
+    assert f"top-5 {results['eval_top5_accuracy']:.1%}" in printed and "unigram plateau" in printed, printed
     prompts = re.findall(r"^  ['\"](.*)['\"]$", printed, flags=re.M)
     assert len(prompts) == 3 and all(p.count("[MASK]") == 1 and "##" not in p for p in prompts), printed
 
@@ -168,9 +179,9 @@ def test_image_classification_mixer_on_fashion_mnist(tmp_path):
     assert model.config.id2label[9] == "Ankle boot"
     processor = AutoImageProcessor.from_pretrained(output_dir)
     assert processor.size == {"height": 28, "width": 28}
-    image = run_image_classification.fashion_mnist(FASHION_MNIST_SAMPLE)["test"].with_format(None)[0]["image"]
+    image = common.fashion_mnist(FASHION_MNIST_SAMPLE)["test"].with_format(None)[0]["image"]
     answers = pipeline("image-classification", model=str(output_dir))(image, top_k=3)
-    assert len(answers) == 3 and {a["label"] for a in answers} <= set(run_image_classification.FASHION_MNIST_LABELS)
+    assert len(answers) == 3 and {a["label"] for a in answers} <= set(common.FASHION_MNIST_LABELS)
 
 
 def test_image_classification_recipe_in_bf16_on_the_cpu_keeps_float32_weights(tmp_path, monkeypatch):
@@ -386,8 +397,7 @@ PAUSED_AFTER_FIRST_CHECKPOINT = """
 import sys, time
 from pathlib import Path
 from transformers import Trainer, TrainerCallback
-sys.path.insert(0, "scripts")
-import run_mlm
+import run_mlm  # found through PYTHONPATH
 
 class Pause(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
@@ -408,7 +418,8 @@ def test_mlm_killed_mid_run_resumes_to_the_same_weights_and_metrics(tmp_path):
     log = tmp_path / "killed.log"
     with log.open("w") as stderr:
         process = subprocess.Popen([sys.executable, "-c", PAUSED_AFTER_FIRST_CHECKPOINT, *args, "--output_dir",
-                                    str(killed)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+                                    str(killed)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
+                                   env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'scripts'}"})
     try:
         deadline = time.monotonic() + 300
         while not (killed / "paused").exists():
@@ -439,3 +450,18 @@ def test_mlm_trains_in_bf16_without_nan(tmp_path):
     assert math.isfinite(results["eval_loss"])
     model = AutoModelForMaskedLM.from_pretrained(tmp_path)  # saved: its weights are finite (save_pretrained checks)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("units, argv, expected", [
+    ("AVX-512 BF16", [], True),  # bf16 matrix units: bf16 autocast by default
+    (None, [], False),  # none: fp32
+    ("AMX", ["--bf16", "false"], False),  # the command line decides when given
+    (None, ["--bf16", "true"], True),
+])
+def test_precision_follows_the_cpu_unless_asked(monkeypatch, caplog, units, argv, expected):
+    monkeypatch.setattr(common, "bf16_matrix_units", lambda: units)
+    args = run_mlm.parse_args(["--use_cpu", *argv])[2]
+    with caplog.at_level("WARNING"):
+        common.choose_precision(args, argv)
+    assert args.bf16 is expected
+    assert ("as asked" if argv else units or "no bf16 matrix units") in caplog.text

@@ -5,7 +5,6 @@ run_image_classification.py's training images as an IterableDataset give the ima
 
 import json
 import logging
-import sys
 
 import numpy as np
 import pytest
@@ -13,13 +12,12 @@ import torch
 from datasets import Dataset, Features, Image, Value
 from safetensors.torch import load_file
 
-from helpers import FASHION_MNIST_SAMPLE, ROOT, TINY_IMAGES
-from configuration_mixer import MixerConfig
-from modeling_mixer import MixerForMaskedLM
-
-sys.path.insert(0, str(ROOT / "scripts"))
+import common
 import run_image_classification  # noqa: E402
 import run_mlm  # noqa: E402
+from configuration_mixer import MixerConfig
+from helpers import FASHION_MNIST_SAMPLE, ROOT, TINY_IMAGES
+from modeling_mixer import MixerForMaskedLM
 
 TINY_MLM = ["--tokenizer_type", "char", "--max_seq_length", "32", "--config_overrides",
             "hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=32,channels_mlp_dim=64",
@@ -33,7 +31,7 @@ def blocks(args):
     model_args, data_args, training_args = run_mlm.parse_args(args)
     raw = run_mlm.load_raw_datasets(data_args, model_args)
     texts = (batch["text"] for batch in raw["train"].iter(batch_size=1000))
-    tokenizer = run_mlm.train_tokenizer(texts, model_args, data_args.max_seq_length)
+    tokenizer = common.train_tokenizer(texts, model_args, data_args.max_seq_length)
     lm_datasets = run_mlm.tokenize_and_group(raw, tokenizer, data_args, data_args.max_seq_length, training_args.seed)
     return type(lm_datasets["train"]).__name__, tokenizer, {split: list(d) for split, d in lm_datasets.items()}
 

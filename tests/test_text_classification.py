@@ -14,15 +14,12 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
+import common  # noqa: E402
+import run_text_classification as rtc  # noqa: E402
 from configuration_mixer import MixerConfig
 from helpers import ROOT, run_without_package
 from hub_server import HubServer
 from modeling_mixer import MixerForMaskedLM
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import common  # noqa: E402
-import run_mlm  # noqa: E402
-import run_text_classification as rtc  # noqa: E402
 
 LONG_TEXT = "A film so long-winded that its critics ran out of words before it ran out of reels. " * 20
 FAST = ["--max_train_samples", "384", "--max_eval_samples", "96", "--per_device_train_batch_size", "32",
@@ -49,7 +46,7 @@ def mlm_checkpoint(tmp_path_factory):
     """A tiny Mixer MLM as run_mlm.py saves one: a WordPiece tokenizer trained on the training snippets, the model."""
     folder = tmp_path_factory.mktemp("mixer-mlm")
     texts = list(rtc.rotten_tomatoes()["train"]["text"])
-    tokenizer = run_mlm.train_tokenizer([texts], SimpleNamespace(tokenizer_type="wordpiece", tokenizer_vocab_size=800),
+    tokenizer = common.train_tokenizer([texts], SimpleNamespace(tokenizer_type="wordpiece", tokenizer_vocab_size=800),
                                         max_length=32)
     tokenizer.save_pretrained(folder)
     config = MixerConfig(modality="text", vocab_size=len(tokenizer), max_position_embeddings=32, hidden_size=32,

@@ -2,13 +2,13 @@ r"""
 Converts MLP-Mixer weights into a folder that `from_pretrained` loads, and back to timm.
 
     # a timm state dict (.pth / .bin / .safetensors), or a timm model name when the Hub is reachable
-    python scripts/convert_mixer_checkpoint.py --source timm --checkpoint mixer_b16_224.goog_in21k_ft_in1k \
+    python convert_mixer_checkpoint.py --source timm --checkpoint mixer_b16_224.goog_in21k_ft_in1k \
         --output mixer-b16
     # an official JAX checkpoint (google-research/vision_transformer, gs://mixer_models/...)
-    python scripts/convert_mixer_checkpoint.py --source jax --checkpoint Mixer-B_16.npz --variant B/16 \
+    python convert_mixer_checkpoint.py --source jax --checkpoint Mixer-B_16.npz --variant B/16 \
         --output mixer-b16
     # our folder → a timm state dict that `timm.create_model("mixer_b16_224").load_state_dict(strict=True)` accepts
-    python scripts/convert_mixer_checkpoint.py --to_timm --checkpoint mixer-b16 --output mixer_b16_224.safetensors
+    python convert_mixer_checkpoint.py --to_timm --checkpoint mixer-b16 --output mixer_b16_224.safetensors
 
 The variant is read from the weight shapes. The folder holds config.json, model.safetensors, the two model source
 files (for `trust_remote_code=True`) and preprocessor_config.json: the eval transform of the source, as timm's

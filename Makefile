@@ -21,11 +21,16 @@ $(VENV)/installed: setup.cfg pyproject.toml constraints.txt
 	rm -rf $(VENV)/transformers-sdist
 	touch $@
 
-.PHONY: install test clean
+.PHONY: install test lint clean
 install: $(VENV)/installed
 
 test: $(VENV)/installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# ruff, as pyproject.toml configures it (transformers' line length, 119): lint and format.
+lint: $(VENV)/installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -127,8 +127,10 @@ class MixerConfig(PreTrainedConfig):
         square = isinstance(self.image_size, int)
         sides = [self.image_size] if square else list(self.image_size)
         if not (square or len(sides) == 2) or not all(isinstance(side, int) and side > 0 for side in sides):
-            raise ValueError(f"MixerConfig.image_size must be a positive integer or a [height, width] pair of them, "
-                             f"got {self.image_size!r}.")
+            raise ValueError(
+                f"MixerConfig.image_size must be a positive integer or a [height, width] pair of them, "
+                f"got {self.image_size!r}."
+            )
         if any(side % self.patch_size for side in sides):
             raise ValueError(
                 f"MixerConfig.image_size ({self.image_size}) must be a multiple of MixerConfig.patch_size "

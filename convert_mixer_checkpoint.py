@@ -121,8 +121,9 @@ def infer_config(state_dict: dict, variant: str | None = None, **kwargs) -> Mixe
     head = shape.get("classifier.bias", shape.get("classifier.weight"))
     inferred["num_labels"] = head[0] if head else 0  # no head: timm's num_classes=0
 
-    if variant is not None and (wrong := [f"{k}={v} (not {defaults[k]})" for k, v in inferred.items()
-                                          if defaults.get(k, v) != v]):
+    if variant is not None and (
+        wrong := [f"{k}={v} (not {defaults[k]})" for k, v in inferred.items() if defaults.get(k, v) != v]
+    ):
         raise CheckpointMismatchError(f"The checkpoint is not a Mixer-{variant}: it has {', '.join(wrong)}.")
     if subset := infer_imagenet_subset({"num_classes": inferred["num_labels"]}):  # ImageNet-1k, -21k...: class names
         kwargs.setdefault("id2label", dict(enumerate(ImageNetInfo(subset).label_descriptions())))
@@ -146,11 +147,17 @@ def load_mixer(state_dict: dict, source: str, variant: str | None = None, **conf
     given = {key: tuple(np.shape(value)) for key, value in state_dict.items()}
     missing = [key for key in expected if key not in given]
     unexpected = [key for key in given if key not in expected]
-    wrong = [f"{key} {given[key]} (expected {shape})" for key, shape in expected.items()
-             if key in given and given[key] != shape]
+    wrong = [
+        f"{key} {given[key]} (expected {shape})"
+        for key, shape in expected.items()
+        if key in given and given[key] != shape
+    ]
     if missing or unexpected or wrong:
-        problems = [f"{name}: {_summary(keys)}" for name, keys in
-                    [("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)] if keys]
+        problems = [
+            f"{name}: {_summary(keys)}"
+            for name, keys in [("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)]
+            if keys
+        ]
         raise CheckpointMismatchError(
             f"The {source} checkpoint does not fit a Mixer with {config.num_hidden_layers} layers, hidden_size "
             f"{config.hidden_size}, patch_size {config.patch_size}, tokens_mlp_dim {config.tokens_mlp_dim}, "
@@ -185,8 +192,11 @@ def to_timm_state_dict(model: MixerForImageClassification) -> dict:
 def image_processor(image_size: int, preprocessing: str = "google") -> ViTImageProcessor:
     """The source's eval transform: shortest edge to floor(image_size / 0.875), center crop image_size."""
     return ViTImageProcessor(
-        do_resize=True, size={"shortest_edge": math.floor(image_size / CROP_PCT)},
-        do_center_crop=True, crop_size={"height": image_size, "width": image_size}, **PREPROCESSING[preprocessing],
+        do_resize=True,
+        size={"shortest_edge": math.floor(image_size / CROP_PCT)},
+        do_center_crop=True,
+        crop_size={"height": image_size, "width": image_size},
+        **PREPROCESSING[preprocessing],
     )
 
 
@@ -249,8 +259,11 @@ def convert(source, checkpoint, output, variant=None, preprocessing=None, push_t
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", choices=["timm", "jax"], default="timm")
-    parser.add_argument("--checkpoint", required=True, help="a .pth/.bin/.safetensors/.npz file, a timm model name, "
-                        "or (with --to_timm) a converted folder")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a .pth/.bin/.safetensors/.npz file, a timm model name, or (with --to_timm) a converted folder",
+    )
     parser.add_argument("--output", required=True, help="the folder to write (a file with --to_timm); must not exist")
     parser.add_argument("--variant", choices=list(MIXER_VARIANTS), help="check that the weights are this variant")
     parser.add_argument("--preprocessing", choices=list(PREPROCESSING), help="eval transform (default google)")

@@ -70,7 +70,9 @@ class MixerTextEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
         return self.layer_norm(inputs_embeds.to(self.layer_norm.weight.dtype))
@@ -228,8 +230,11 @@ class MixerPreTrainedModel(PreTrainedModel):
 
         def resample(maps):  # (n, rows·cols) → (n, new_rows·new_cols), each row a map over the row-major patch grid
             resized = nn.functional.interpolate(
-                maps.reshape(-1, 1, rows, cols).float(), size=(new_rows, new_cols), mode="bicubic",
-                align_corners=False, antialias=new_rows < rows or new_cols < cols,  # shrinking averages neighbours
+                maps.reshape(-1, 1, rows, cols).float(),
+                size=(new_rows, new_cols),
+                mode="bicubic",
+                align_corners=False,
+                antialias=new_rows < rows or new_cols < cols,  # shrinking averages neighbours
             )
             return resized.reshape(-1, new_rows * new_cols).to(maps.dtype)
 
@@ -282,15 +287,25 @@ class MixerModel(MixerPreTrainedModel):
     def _check_inputs(self, pixel_values, input_ids, attention_mask, inputs_embeds):
         """Raises a ValueError or TypeError that says what was expected and what came, before torch would fail."""
         config = self.config
-        given = {name: value for name, value in [("pixel_values", pixel_values), ("input_ids", input_ids),
-                 ("attention_mask", attention_mask), ("inputs_embeds", inputs_embeds)] if value is not None}
+        given = {
+            name: value
+            for name, value in [
+                ("pixel_values", pixel_values),
+                ("input_ids", input_ids),
+                ("attention_mask", attention_mask),
+                ("inputs_embeds", inputs_embeds),
+            ]
+            if value is not None
+        }
         for name, value in given.items():
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}.")
         inputs = [name for name in given if name != "attention_mask"]
         if config.modality == "image":
             if inputs != ["pixel_values"] or attention_mask is not None:
-                raise ValueError(f"This Mixer is an image model (modality='image'): pass pixel_values only, got {list(given)}.")
+                raise ValueError(
+                    f"This Mixer is an image model (modality='image'): pass pixel_values only, got {list(given)}."
+                )
             expected = (config.num_channels, *config.image_height_width)
             if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
                 raise ValueError(
@@ -312,8 +327,11 @@ class MixerModel(MixerPreTrainedModel):
                 f"input_ids must be int64 or int32 token ids of shape (batch_size, sequence_length), got "
                 f"{input_ids.dtype} of shape {tuple(input_ids.shape)}."
             )
-        if inputs_embeds is not None and (inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size
-                                          or not inputs_embeds.is_floating_point()):
+        if inputs_embeds is not None and (
+            inputs_embeds.dim() != 3
+            or inputs_embeds.shape[-1] != config.hidden_size
+            or not inputs_embeds.is_floating_point()
+        ):
             raise ValueError(
                 f"inputs_embeds must be floating point of shape (batch_size, sequence_length, {config.hidden_size}), "
                 f"got {inputs_embeds.dtype} of shape {tuple(inputs_embeds.shape)}."
@@ -344,18 +362,29 @@ class MixerModel(MixerPreTrainedModel):
             if value is not None:
                 flags.append((~torch.isfinite(value).all(), f"{name} holds NaN or infinite values."))
         if input_ids is not None:
-            flags.append((((input_ids < 0) | (input_ids >= self.config.vocab_size)).any(),
-                          lambda: f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), got values from "
-                                  f"{input_ids.min().item()} to {input_ids.max().item()}."))
+            flags.append(
+                (
+                    ((input_ids < 0) | (input_ids >= self.config.vocab_size)).any(),
+                    lambda: (
+                        f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), got values from "
+                        f"{input_ids.min().item()} to {input_ids.max().item()}."
+                    ),
+                )
+            )
         if attention_mask is not None:
-            flags.append((((attention_mask != 0) & (attention_mask != 1)).any(),
-                          "attention_mask must hold only 0 (padding) and 1 (real tokens)."))
+            flags.append(
+                (
+                    ((attention_mask != 0) & (attention_mask != 1)).any(),
+                    "attention_mask must hold only 0 (padding) and 1 (real tokens).",
+                )
+            )
             flags.append(((attention_mask[:, 0] == 0).any(), None))  # left padding: a warning, not an error
         if not flags:
             return
         raised = torch.stack([flag for flag, _ in flags]).tolist()
-        errors = [message() if callable(message) else message for (_, message), bad in zip(flags, raised)
-                  if bad and message]
+        errors = [
+            message() if callable(message) else message for (_, message), bad in zip(flags, raised) if bad and message
+        ]
         if errors:
             raise ValueError(" ".join(errors))
         if raised[-1] and attention_mask is not None:
@@ -394,12 +423,18 @@ class MixerModel(MixerPreTrainedModel):
         # One MixerModel serves both modalities, and its first positional parameter has one name: `pixel_values`,
         # as the paper's model. A text model called as model(input_ids), as transformers' pipelines, tests and users
         # of BERT-like models do, gets its token ids there; integer tensors are never images, so they are read as ids.
-        if (self.config.modality == "text" and input_ids is None and inputs_embeds is None
-                and isinstance(pixel_values, torch.Tensor) and not pixel_values.is_floating_point()):
+        if (
+            self.config.modality == "text"
+            and input_ids is None
+            and inputs_embeds is None
+            and isinstance(pixel_values, torch.Tensor)
+            and not pixel_values.is_floating_point()
+        ):
             input_ids, pixel_values = pixel_values, None
         self._check_inputs(pixel_values, input_ids, attention_mask, inputs_embeds)
-        on_cpu = (pixel_values if pixel_values is not None else input_ids if input_ids is not None
-                  else inputs_embeds).device.type == "cpu"
+        on_cpu = (
+            pixel_values if pixel_values is not None else input_ids if input_ids is not None else inputs_embeds
+        ).device.type == "cpu"
         if not torch.compiler.is_compiling() and (on_cpu or not torch.is_grad_enabled()):
             # Reading the data waits for the device: on an accelerator, only where no training step would stall.
             self._check_values(pixel_values, input_ids, attention_mask, inputs_embeds)
@@ -592,6 +627,7 @@ class MixerForTokenClassification(MixerTextClassifier):
 
 # ---------------------------------------------------------------------------------------------------- registration
 
+
 # One list of the Auto classes, configuration_mixer.MIXER_AUTO_MAP (it is also every saved config's auto_map): each
 # model class is registered with its Auto class here, and marked so that `save_pretrained` copies this file and
 # configuration_mixer.py next to the weights.
@@ -603,8 +639,11 @@ def _register_auto_classes():
             model_class = globals()[reference.removeprefix("modeling_mixer.")]
             getattr(transformers, auto_name).register(MixerConfig, model_class, exist_ok=True)
             model_class.register_for_auto_class(auto_name)
-    AutoImageProcessor.register(MixerConfig, exist_ok=True, image_processor_classes={
-        "torchvision": ViTImageProcessor, "pil": ViTImageProcessorPil})
+    AutoImageProcessor.register(
+        MixerConfig,
+        exist_ok=True,
+        image_processor_classes={"torchvision": ViTImageProcessor, "pil": ViTImageProcessorPil},
+    )
 
 
 _register_auto_classes()

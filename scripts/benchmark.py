@@ -65,14 +65,19 @@ def peak_memory(case, name, mode, batch_size, device, dtype, checkpointing=False
         return torch.cuda.max_memory_allocated() - base
     # On the CPU: in a fresh process whose malloc hands every large block back to the system when it is freed, so
     # that the resident set follows the live tensors.
-    probe = [sys.executable, __file__, "--_memory_probe",
-             json.dumps([case.name, name, mode, batch_size, str(dtype).removeprefix("torch."), checkpointing])]
+    probe = [
+        sys.executable,
+        __file__,
+        "--_memory_probe",
+        json.dumps([case.name, name, mode, batch_size, str(dtype).removeprefix("torch."), checkpointing]),
+    ]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     return float(subprocess.run(probe, capture_output=True, text=True, check=True, env=env).stdout.split()[-1])
 
 
 def memory_probe(case_name, name, mode, batch_size, dtype, checkpointing):
     """Prints the rise of the peak resident set over the resident set before a second step (Linux)."""
+
     def kib(field):
         return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))
 
@@ -94,7 +99,7 @@ def plot(results, path):
     ncols = min(len(panels), 4)
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.0 * nrows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (case, mode) in zip(axes.flat, panels):
         rows = [r for r in results if r["case"] == case and r["mode"] == mode]
@@ -114,17 +119,29 @@ def main(argv=None):
     parser.add_argument("--modes", default="inference,train")
     parser.add_argument("--batch_size", type=int, default=None, help="default: 8 on the CPU, 64 on CUDA")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (autocast); default: fp32 on the CPU, bf16 on CUDA")
+    parser.add_argument(
+        "--dtype", default=None, help="float32 or bfloat16 (autocast); default: fp32 on the CPU, bf16 on CUDA"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no_memory", action="store_true", help="skip the peak-memory measurements")
-    parser.add_argument("--checkpointing_case", default="B/16", help="case whose training memory is measured with and "
-                        "without gradient checkpointing ('' to skip)")
+    parser.add_argument(
+        "--checkpointing_case",
+        default="B/16",
+        help="case whose training memory is measured with and without gradient checkpointing ('' to skip)",
+    )
     parser.add_argument("--checkpointing_batch_size", type=int, default=32)
-    parser.add_argument("--compile_mode", default=None, help="torch.compile mode of the -compiled models: "
-                        "default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs")
-    parser.add_argument("--fused_adamw", action="store_true", help="AdamW's fused kernel in the training steps "
-                        "(the CPU memory probes keep the default)")
+    parser.add_argument(
+        "--compile_mode",
+        default=None,
+        help="torch.compile mode of the -compiled models: "
+        "default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs",
+    )
+    parser.add_argument(
+        "--fused_adamw",
+        action="store_true",
+        help="AdamW's fused kernel in the training steps (the CPU memory probes keep the default)",
+    )
     parser.add_argument("--output_dir", default="benchmark_results")
     parser.add_argument("--_memory_probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -139,7 +156,11 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown case(s) {unknown}; expected some of {', '.join(CASES)}")
     peak = matmul_peak(device, dtype)
-    machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    machine = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
     print(f"{machine}; {dtype}; batch {batch_size}; GEMM {peak / 1e9:.0f} GFLOP/s", flush=True)
 
     results = []
@@ -151,14 +172,24 @@ def main(argv=None):
                 per_sample = forward_flops(case, name, mode) * (3 if mode == "train" else 1)
                 samples_per_s = batch_size / seconds[name]
                 tokens = case.config.max_position_embeddings if case.modality == "text" else 1
-                row = dict(case=case.name, mode=mode, model=name, batch_size=batch_size, seconds_per_step=seconds[name],
-                           throughput=samples_per_s * tokens, unit="tokens/s" if tokens > 1 else "images/s",
-                           tflops=samples_per_s * per_sample / 1e12)
+                row = dict(
+                    case=case.name,
+                    mode=mode,
+                    model=name,
+                    batch_size=batch_size,
+                    seconds_per_step=seconds[name],
+                    throughput=samples_per_s * tokens,
+                    unit="tokens/s" if tokens > 1 else "images/s",
+                    tflops=samples_per_s * per_sample / 1e12,
+                )
                 if not args.no_memory and not name.endswith("-compiled"):
                     row["peak_memory_mib"] = peak_memory(case, name, mode, batch_size, device, dtype) / 2**20
                 results.append(row)
-                print(f"{case.name:>10} {mode:>9} {name:>14}: {row['throughput']:10.1f} {row['unit']}, "
-                      f"{row['tflops'] * 1e3:6.1f} GFLOP/s", flush=True)
+                print(
+                    f"{case.name:>10} {mode:>9} {name:>14}: {row['throughput']:10.1f} {row['unit']}, "
+                    f"{row['tflops'] * 1e3:6.1f} GFLOP/s",
+                    flush=True,
+                )
     # The peak is timed again at the end and the faster of the two is kept: a GEMM slowed by a passing load would
     # make every model look closer to the limit than it is.
     peak = max(peak, matmul_peak(device, dtype))
@@ -169,16 +200,29 @@ def main(argv=None):
     if args.checkpointing_case and not args.no_memory:
         case = CASES[args.checkpointing_case]
         for enabled in (False, True):
-            checkpointing[str(enabled)] = peak_memory(
-                case, "mixer", "train", args.checkpointing_batch_size, device, dtype, enabled) / 2**20
-        print(f"{case.name} training, batch {args.checkpointing_batch_size}: {checkpointing['False']:.0f} MiB without gradient "
-              f"checkpointing, {checkpointing['True']:.0f} MiB with it", flush=True)
+            checkpointing[str(enabled)] = (
+                peak_memory(case, "mixer", "train", args.checkpointing_batch_size, device, dtype, enabled) / 2**20
+            )
+        print(
+            f"{case.name} training, batch {args.checkpointing_batch_size}: {checkpointing['False']:.0f} MiB without gradient "
+            f"checkpointing, {checkpointing['True']:.0f} MiB with it",
+            flush=True,
+        )
 
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    report = dict(machine=machine, device=device.type, dtype=str(dtype), batch_size=batch_size, torch=torch.__version__,
-                  gemm_peak_flops=peak, results=results, checkpointing_memory_mib=checkpointing,
-                  checkpointing_case=f"{args.checkpointing_case}, batch {args.checkpointing_batch_size}", tuning=TUNING)
+    report = dict(
+        machine=machine,
+        device=device.type,
+        dtype=str(dtype),
+        batch_size=batch_size,
+        torch=torch.__version__,
+        gemm_peak_flops=peak,
+        results=results,
+        checkpointing_memory_mib=checkpointing,
+        checkpointing_case=f"{args.checkpointing_case}, batch {args.checkpointing_batch_size}",
+        tuning=TUNING,
+    )
     (output / "benchmark.json").write_text(json.dumps(report, indent=2))
     table = markdown_table(report)
     (output / "benchmark.md").write_text(table)
@@ -187,22 +231,28 @@ def main(argv=None):
 
 
 def markdown_table(report) -> str:
-    lines = [f"{report['machine']}, {report['dtype']}, batch {report['batch_size']}, torch {report['torch']}; "
-             f"GEMM peak {report['gemm_peak_flops'] / 1e9:.0f} GFLOP/s; torch.compile mode "
-             f"{report['tuning']['compile_mode'] or 'default'}, {'fused' if report['tuning']['fused_adamw'] else 'default'}"
-             " AdamW\n",
-             "| case | mode | model | throughput | vs. ours | % of GEMM peak | peak memory (MiB) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{report['machine']}, {report['dtype']}, batch {report['batch_size']}, torch {report['torch']}; "
+        f"GEMM peak {report['gemm_peak_flops'] / 1e9:.0f} GFLOP/s; torch.compile mode "
+        f"{report['tuning']['compile_mode'] or 'default'}, {'fused' if report['tuning']['fused_adamw'] else 'default'}"
+        " AdamW\n",
+        "| case | mode | model | throughput | vs. ours | % of GEMM peak | peak memory (MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in report["results"]:
         peers = [o for o in report["results"] if (o["case"], o["mode"]) == (r["case"], r["mode"])]
         ours = next((o for o in peers if o["model"] == "mixer"), peers[0])  # the first model when eager is not run
         memory = f"{r['peak_memory_mib']:.0f}" if "peak_memory_mib" in r else ""
-        lines.append(f"| {r['case']} | {r['mode']} | {r['model']} | {r['throughput']:.1f} {r['unit']} | "
-                     f"{r['throughput'] / ours['throughput']:.2f} | {100 * r['fraction_of_peak']:.1f} | {memory} |")
+        lines.append(
+            f"| {r['case']} | {r['mode']} | {r['model']} | {r['throughput']:.1f} {r['unit']} | "
+            f"{r['throughput'] / ours['throughput']:.2f} | {100 * r['fraction_of_peak']:.1f} | {memory} |"
+        )
     if report["checkpointing_memory_mib"]:
         m = report["checkpointing_memory_mib"]
-        lines.append(f"\nGradient checkpointing, training memory of {report['checkpointing_case']}: {m['False']:.0f} MiB "
-                     f"→ {m['True']:.0f} MiB ({m['True'] / m['False']:.0%}).")
+        lines.append(
+            f"\nGradient checkpointing, training memory of {report['checkpointing_case']}: {m['False']:.0f} MiB "
+            f"→ {m['True']:.0f} MiB ({m['True'] / m['False']:.0%})."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -31,25 +31,51 @@ class Case:
 IMAGE_MODELS = ("mixer", "mixer-compiled", "timm", "timm-compiled", "vit", "vit-compiled")
 TEXT_MODELS = ("mixer", "mixer-compiled", "bert", "bert-compiled", "fnet", "fnet-compiled")
 # The Mixer MLMs train with the sparse decoder, as scripts/run_mlm.py's do.
-TEXT = dict(modality="text", hidden_size=512, num_hidden_layers=8, tokens_mlp_dim=256, channels_mlp_dim=2048,
-            vocab_size=30522, sparse_prediction=True)
-LABELLED = 0.15  # the share of text tokens that carry an MLM label: in training, the Mixer's decoder runs on those only
+TEXT = dict(
+    modality="text",
+    hidden_size=512,
+    num_hidden_layers=8,
+    tokens_mlp_dim=256,
+    channels_mlp_dim=2048,
+    vocab_size=30522,
+    sparse_prediction=True,
+)
+LABELLED = (
+    0.15  # the share of text tokens that carry an MLM label: in training, the Mixer's decoder runs on those only
+)
 TINY = dict(hidden_size=32, num_hidden_layers=2, tokens_mlp_dim=16, channels_mlp_dim=64)
-CASES = {case.name: case for case in [
-    Case("S/16", MixerConfig.from_variant("S/16", num_labels=1000), IMAGE_MODELS),
-    Case("B/16", MixerConfig.from_variant("B/16", num_labels=1000), IMAGE_MODELS),
-    Case("text-128", MixerConfig(**TEXT, max_position_embeddings=128), TEXT_MODELS),
-    Case("text-512", MixerConfig(**TEXT, max_position_embeddings=512), TEXT_MODELS),
-    Case("text-2048", MixerConfig(**TEXT, max_position_embeddings=2048), TEXT_MODELS),
-    # The main job's models (scripts/run_mlm.py's defaults: WordPiece 8,192, blocks of 128); time it with batch 32.
-    Case("mlm-job", MixerConfig(modality="text", hidden_size=128, num_hidden_layers=4, tokens_mlp_dim=128,
-                                channels_mlp_dim=512, vocab_size=8192, max_position_embeddings=128,
-                                sparse_prediction=True), TEXT_MODELS),
-    # Small enough for the test suite's smoke run.
-    Case("tiny-image", MixerConfig(**TINY, image_size=32, patch_size=8, num_labels=10), IMAGE_MODELS),
-    Case("tiny-text", MixerConfig(**TINY, modality="text", vocab_size=100, max_position_embeddings=16,
-                                  sparse_prediction=True), TEXT_MODELS),
-]}
+CASES = {
+    case.name: case
+    for case in [
+        Case("S/16", MixerConfig.from_variant("S/16", num_labels=1000), IMAGE_MODELS),
+        Case("B/16", MixerConfig.from_variant("B/16", num_labels=1000), IMAGE_MODELS),
+        Case("text-128", MixerConfig(**TEXT, max_position_embeddings=128), TEXT_MODELS),
+        Case("text-512", MixerConfig(**TEXT, max_position_embeddings=512), TEXT_MODELS),
+        Case("text-2048", MixerConfig(**TEXT, max_position_embeddings=2048), TEXT_MODELS),
+        # The main job's models (scripts/run_mlm.py's defaults: WordPiece 8,192, blocks of 128); time it with batch 32.
+        Case(
+            "mlm-job",
+            MixerConfig(
+                modality="text",
+                hidden_size=128,
+                num_hidden_layers=4,
+                tokens_mlp_dim=128,
+                channels_mlp_dim=512,
+                vocab_size=8192,
+                max_position_embeddings=128,
+                sparse_prediction=True,
+            ),
+            TEXT_MODELS,
+        ),
+        # Small enough for the test suite's smoke run.
+        Case("tiny-image", MixerConfig(**TINY, image_size=32, patch_size=8, num_labels=10), IMAGE_MODELS),
+        Case(
+            "tiny-text",
+            MixerConfig(**TINY, modality="text", vocab_size=100, max_position_embeddings=16, sparse_prediction=True),
+            TEXT_MODELS,
+        ),
+    ]
+}
 # Knobs of a whole run, the same for every model in it (set from the command line): torch.compile's mode
 # ("max-autotune" lets inductor tune its GEMMs and fuse bias and GELU into their epilogues, "reduce-overhead" adds
 # CUDA graphs) and AdamW's fused kernel.
@@ -67,8 +93,11 @@ def build(case: Case, name: str) -> torch.nn.Module:
         from timm.models.mlp_mixer import MlpMixer
 
         model = MlpMixer(
-            num_classes=config.num_labels, img_size=config.image_size, patch_size=config.patch_size,
-            num_blocks=config.num_hidden_layers, embed_dim=config.hidden_size,
+            num_classes=config.num_labels,
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            num_blocks=config.num_hidden_layers,
+            embed_dim=config.hidden_size,
             mlp_ratio=(config.tokens_mlp_dim / config.hidden_size, config.channels_mlp_dim / config.hidden_size),
         )
         model.load_state_dict(to_timm_state_dict(MixerForImageClassification(config)))  # the same weights as ours
@@ -76,28 +105,45 @@ def build(case: Case, name: str) -> torch.nn.Module:
     if base == "vit":
         from transformers import ViTConfig, ViTForImageClassification
 
-        return ViTForImageClassification(ViTConfig(
-            hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
-            num_attention_heads=max(config.hidden_size // 64, 1), intermediate_size=config.channels_mlp_dim,
-            image_size=config.image_size, patch_size=config.patch_size, num_labels=config.num_labels,
-        ))
+        return ViTForImageClassification(
+            ViTConfig(
+                hidden_size=config.hidden_size,
+                num_hidden_layers=config.num_hidden_layers,
+                num_attention_heads=max(config.hidden_size // 64, 1),
+                intermediate_size=config.channels_mlp_dim,
+                image_size=config.image_size,
+                patch_size=config.patch_size,
+                num_labels=config.num_labels,
+            )
+        )
     if base == "bert":
         from transformers import BertConfig, BertForMaskedLM
 
-        return BertForMaskedLM(BertConfig(
-            vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
-            num_attention_heads=max(config.hidden_size // 64, 1), intermediate_size=config.channels_mlp_dim,
-            max_position_embeddings=config.max_position_embeddings, hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        ))
+        return BertForMaskedLM(
+            BertConfig(
+                vocab_size=config.vocab_size,
+                hidden_size=config.hidden_size,
+                num_hidden_layers=config.num_hidden_layers,
+                num_attention_heads=max(config.hidden_size // 64, 1),
+                intermediate_size=config.channels_mlp_dim,
+                max_position_embeddings=config.max_position_embeddings,
+                hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0,
+            )
+        )
     if base == "fnet":
         from transformers import FNetConfig, FNetForMaskedLM
 
-        return FNetForMaskedLM(FNetConfig(
-            vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
-            intermediate_size=config.channels_mlp_dim, max_position_embeddings=config.max_position_embeddings,
-            hidden_dropout_prob=0.0,
-        ))
+        return FNetForMaskedLM(
+            FNetConfig(
+                vocab_size=config.vocab_size,
+                hidden_size=config.hidden_size,
+                num_hidden_layers=config.num_hidden_layers,
+                intermediate_size=config.channels_mlp_dim,
+                max_position_embeddings=config.max_position_embeddings,
+                hidden_dropout_prob=0.0,
+            )
+        )
     raise ValueError(f"Unknown model {name!r}; expected one of {', '.join(IMAGE_MODELS + TEXT_MODELS)}.")
 
 
@@ -137,17 +183,23 @@ def step_fn(model, name, inputs, labels, mode, device, dtype):
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     labels = labels.to(device)
     if name.startswith("timm"):
+
         def loss_of(out):
             return torch.nn.functional.cross_entropy(out.float(), labels)
-        call = (lambda: model(inputs["pixel_values"]))
+
+        call = lambda: model(inputs["pixel_values"])
     else:
+
         def loss_of(out):
             return out.loss
-        call = (lambda: model(**inputs, labels=labels))
+
+        call = lambda: model(**inputs, labels=labels)
     if mode == "inference":
+
         def run():
             with torch.no_grad(), autocast:
                 call()
+
         return run
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=TUNING["fused_adamw"] or None)
 
@@ -157,6 +209,7 @@ def step_fn(model, name, inputs, labels, mode, device, dtype):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
     return run
 
 

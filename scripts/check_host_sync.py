@@ -46,8 +46,9 @@ def measure(case, sparse, batch_size: int, steps: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     def checked_forward(*args, **kwargs):  # what a step cost when every forward read its data back
-        base._check_values(*(kwargs.get(name) for name in ("pixel_values", "input_ids", "attention_mask",
-                                                           "inputs_embeds")))
+        base._check_values(
+            *(kwargs.get(name) for name in ("pixel_values", "input_ids", "attention_mask", "inputs_embeds"))
+        )
         return unchecked(*args, **kwargs)
 
     step()  # the optimizer's state, cuBLAS handles
@@ -75,8 +76,13 @@ def measure(case, sparse, batch_size: int, steps: int) -> dict:
             seconds.append(time.perf_counter() - start)
         times[name] = 1e3 * statistics.median(seconds)
     base.forward = unchecked
-    return dict(case=case.name, sparse_prediction=sparse, batch_size=batch_size, synchronising_call=synchronising,
-                ms_per_step=times)
+    return dict(
+        case=case.name,
+        sparse_prediction=sparse,
+        batch_size=batch_size,
+        synchronising_call=synchronising,
+        ms_per_step=times,
+    )
 
 
 def main():

@@ -36,39 +36,56 @@ LOCAL_METRICS = Path(__file__).resolve().parent / "metrics"
 def bf16_matrix_units() -> str | None:
     """The CPU's bf16 matrix instructions (AMX, AVX-512 BF16) that make bf16 products 3-4x faster than fp32, if any."""
     try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+        flags = next(
+            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+        ).split()
     except (OSError, StopIteration):  # not Linux: no cheap way to know, so fp32
         return None
     found = [name for flag, name in [("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16")] if flag in flags]
     return " and ".join(found) or None
 
 
-def choose_precision(training_args, argv=None):
+def choose_precision(parser, argv=None) -> str:
     """
-    bf16 autocast where the hardware has fast bf16 products (a CUDA GPU that supports it, a CPU with bf16 matrix
-    units), fp32 elsewhere; --bf16 true/false decides when given. Logs the choice and why.
+    Makes bf16 autocast the default where the hardware has fast bf16 products (a CUDA GPU that supports it, a CPU with
+    bf16 matrix units), fp32 elsewhere; --bf16 true/false decides when given. Returns why, for the log. (Set on the
+    parser: TrainingArguments passes its precision to Accelerate when it is built.)
     """
     argv = sys.argv[1:] if argv is None else argv
     if any(arg.split("=")[0] in ("--bf16", "--no_bf16", "--fp16") for arg in argv):
-        reason = "as asked on the command line"
-    elif training_args.device.type == "cuda":
-        training_args.bf16 = torch.cuda.is_bf16_supported()
-        reason = f"{'the GPU supports bf16' if training_args.bf16 else 'the GPU has no bf16'}"
-    elif training_args.device.type == "cpu":
+        return "as asked on the command line"
+    if torch.cuda.is_available() and not any(arg.startswith("--use_cpu") for arg in argv):
+        bf16 = torch.cuda.is_bf16_supported()
+        why = "the GPU supports bf16" if bf16 else "the GPU has no bf16"
+    else:  # the Trainer takes bf16 on the CPU only with use_cpu
         units = bf16_matrix_units()
-        training_args.bf16 = units is not None
-        reason = f"the CPU has {units}" if units else "the CPU has no bf16 matrix units (AMX, AVX-512 BF16)"
-    else:
-        reason = f"the default on {training_args.device.type}"
-    logger.warning(f"Precision: {'bf16 autocast' if training_args.bf16 else 'fp16' if training_args.fp16 else 'fp32'}, "
-                   f"{reason}.")
+        bf16 = units is not None
+        why = f"the CPU has {units}" if bf16 else "the CPU has no bf16 matrix units (AMX, AVX-512 BF16)"
+        parser.set_defaults(use_cpu=True)
+    parser.set_defaults(bf16=bf16)
+    return why
+
+
+def log_precision(training_args, why: str):
+    precision = "bf16 autocast" if training_args.bf16 else "fp16 autocast" if training_args.fp16 else "fp32"
+    logger.warning(f"Precision: {precision}, {why}.")
 
 
 # ---------------------------------------------------------------------------------------------------- data sets
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
-FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                        "Ankle boot"]
+FASHION_MNIST_LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -83,8 +100,10 @@ def read_idx(path: Path) -> np.ndarray:
 def fashion_mnist(directory: str | Path = FASHION_MNIST) -> DatasetDict:
     """Fashion-MNIST's train and test splits from the four IDX .gz files in `directory`."""
     directory = Path(directory)
-    files = {split: (directory / f"{prefix}-images-idx3-ubyte.gz", directory / f"{prefix}-labels-idx1-ubyte.gz")
-             for split, prefix in [("train", "train"), ("test", "t10k")]}
+    files = {
+        split: (directory / f"{prefix}-images-idx3-ubyte.gz", directory / f"{prefix}-labels-idx1-ubyte.gz")
+        for split, prefix in [("train", "train"), ("test", "t10k")]
+    }
     missing = [path.name for pair in files.values() for path in pair if not path.is_file()]
     if missing:
         raise ValueError(
@@ -94,10 +113,12 @@ def fashion_mnist(directory: str | Path = FASHION_MNIST) -> DatasetDict:
             "--train_dir / --dataset_name."
         )
     features = Features({"image": Image(), "label": ClassLabel(names=FASHION_MNIST_LABELS)})
-    return DatasetDict({
-        split: Dataset.from_dict({"image": list(read_idx(images)), "label": read_idx(labels)}, features=features)
-        for split, (images, labels) in files.items()
-    })
+    return DatasetDict(
+        {
+            split: Dataset.from_dict({"image": list(read_idx(images)), "label": read_idx(labels)}, features=features)
+            for split, (images, labels) in files.items()
+        }
+    )
 
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -107,9 +128,18 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # width, no dropout (like the Mixer), and BERT 64-wide attention heads.
 PEER = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=512, hidden_dropout_prob=0.0)
 TEXT_MODEL_DEFAULTS = {
-    "mlp-mixer": (MixerConfig, MixerForMaskedLM, dict(modality="text", hidden_size=128, num_hidden_layers=4,
-                                                      tokens_mlp_dim=128, channels_mlp_dim=512,
-                                                      sparse_prediction=True)),
+    "mlp-mixer": (
+        MixerConfig,
+        MixerForMaskedLM,
+        dict(
+            modality="text",
+            hidden_size=128,
+            num_hidden_layers=4,
+            tokens_mlp_dim=128,
+            channels_mlp_dim=512,
+            sparse_prediction=True,
+        ),
+    ),
     "bert": (BertConfig, BertForMaskedLM, dict(**PEER, num_attention_heads=2, attention_probs_dropout_prob=0.0)),
     "fnet": (FNetConfig, FNetForMaskedLM, PEER),
 }
@@ -157,12 +187,19 @@ def train_tokenizer(texts, model_args, max_length: int) -> PreTrainedTokenizerFa
     tokenizer.train_from_iterator(texts, trainer=trainer)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, model_max_length=max_length, pad_token="[PAD]", unk_token="[UNK]",
-        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_input_names=["input_ids", "attention_mask"],
+        tokenizer_object=tokenizer,
+        model_max_length=max_length,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "attention_mask"],
     )
 
 
@@ -193,7 +230,13 @@ def setup_logging(training_args):
 # --multi_gpu` (WORLD_SIZE), MPI (`mpirun`, also `accelerate launch --mpirun_hostfile`), and SLURM's srun (the tasks
 # of a job step; not SLURM_NTASKS, the allocation's, also seen by a batch script that starts one process). A launcher
 # that wraps another (srun → torchrun) sets WORLD_SIZE for the script, which is read first.
-WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
+WORLD_SIZE_VARIABLES = (
+    "WORLD_SIZE",
+    "OMPI_COMM_WORLD_SIZE",
+    "PMI_SIZE",
+    "MV2_COMM_WORLD_SIZE",
+    "SLURM_STEP_NUM_TASKS",
+)
 
 
 def check_processes(training_args):
@@ -223,12 +266,15 @@ def check_processes(training_args):
     if launcher is not None and launcher[1] > 1 and training_args.world_size != launcher[1]:
         name, count = launcher
         if on_cpu and not training_args.use_cpu:
-            fix = ("add --use_cpu: on a machine without GPUs the Trainer sets up distributed training (gloo) only "
-                   "with it")
+            fix = (
+                "add --use_cpu: on a machine without GPUs the Trainer sets up distributed training (gloo) only with it"
+            )
         elif name == "SLURM_STEP_NUM_TASKS":
-            fix = ("srun's tasks do not find each other by themselves: run torchrun in each, e.g. `srun "
-                   "--ntasks-per-node 1 torchrun --nnodes $SLURM_NNODES --nproc_per_node <processes per node> "
-                   "--rdzv_backend c10d --rdzv_endpoint <first node>:29500 scripts/<script>.py ...`")
+            fix = (
+                "srun's tasks do not find each other by themselves: run torchrun in each, e.g. `srun "
+                "--ntasks-per-node 1 torchrun --nnodes $SLURM_NNODES --nproc_per_node <processes per node> "
+                "--rdzv_backend c10d --rdzv_endpoint <first node>:29500 scripts/<script>.py ...`"
+            )
         else:
             fix = "launch it with torchrun or `accelerate launch --multi_gpu`, which set up the process group"
         raise ValueError(
@@ -287,8 +333,10 @@ def check_column(dataset, column: str, option: str):
 
 def check_streaming(streaming: bool, training_args):
     if streaming and training_args.do_train and training_args.max_steps <= 0:
-        raise ValueError(f"--streaming reads data of unknown length: give the number of training steps with "
-                         f"--max_steps N (got --max_steps {training_args.max_steps}).")
+        raise ValueError(
+            f"--streaming reads data of unknown length: give the number of training steps with "
+            f"--max_steps N (got --max_steps {training_args.max_steps})."
+        )
 
 
 def hold_out_every_kth(stream, share: float):
@@ -297,8 +345,10 @@ def hold_out_every_kth(stream, share: float):
     out, k = 1 / share (every 20th for 5%).
     """
     every = max(2, round(1 / share))
-    return (stream.filter(lambda _, i: i % every != every - 1, with_indices=True),
-            stream.filter(lambda _, i: i % every == every - 1, with_indices=True))
+    return (
+        stream.filter(lambda _, i: i % every != every - 1, with_indices=True),
+        stream.filter(lambda _, i: i % every == every - 1, with_indices=True),
+    )
 
 
 def encode_labels(raw: DatasetDict, column: str) -> DatasetDict:
@@ -321,8 +371,10 @@ def encode_labels(raw: DatasetDict, column: str) -> DatasetDict:
                 logger.warning("The test split has no labels (all -1): it is not evaluated.")
                 del raw[split]
             elif not ids <= set(range(feature.num_classes)):
-                raise ValueError(f"The {split} split has labels {sorted(ids - set(range(feature.num_classes)))} in "
-                                 f"column {column!r}, outside its {feature.num_classes} classes {feature.names}.")
+                raise ValueError(
+                    f"The {split} split has labels {sorted(ids - set(range(feature.num_classes)))} in "
+                    f"column {column!r}, outside its {feature.num_classes} classes {feature.names}."
+                )
         names = feature.names
     else:
         dtype = str(getattr(feature, "dtype", ""))
@@ -338,8 +390,9 @@ def encode_labels(raw: DatasetDict, column: str) -> DatasetDict:
         values = sorted(values)
         label2id = {value: i for i, value in enumerate(values)}
         names = [str(value) for value in values]
-        raw = raw.map(lambda batch: {column: [label2id[v] for v in batch[column]]}, batched=True,
-                      desc="Encoding the labels").cast_column(column, ClassLabel(names=names))
+        raw = raw.map(
+            lambda batch: {column: [label2id[v] for v in batch[column]]}, batched=True, desc="Encoding the labels"
+        ).cast_column(column, ClassLabel(names=names))
     if len(names) < 2:
         raise ValueError(f"The column {column!r} holds a single class ({names}): a classifier needs two at least.")
     return raw
@@ -363,8 +416,9 @@ class StopOnDivergence(TrainerCallback):
             )
 
 
-def train_evaluate_save(trainer, training_args, train_dataset, eval_dataset, card_kwargs, extra_eval=None,
-                        perplexity=False):
+def train_evaluate_save(
+    trainer, training_args, train_dataset, eval_dataset, card_kwargs, extra_eval=None, perplexity=False
+):
     """Trains, saves model and processor (and trainer_state.json), evaluates, pushes to the Hub or writes the card."""
     if training_args.do_train:
         trainer.add_callback(StopOnDivergence())
@@ -390,8 +444,13 @@ def train_evaluate_save(trainer, training_args, train_dataset, eval_dataset, car
         trainer.push_to_hub(**card_kwargs)
         if trainer.model.config.model_type == MixerConfig.model_type:  # a baseline keeps Trainer's card
             # Trainer.push_to_hub rewrote README.md: the Mixer's card (tags, results, usage snippet) goes after it.
-            card = write_model_card(training_args.output_dir, trainer.hub_model_id, card_kwargs["tasks"],
-                                    metrics=results, dataset=card_kwargs.get("dataset_tags"))
+            card = write_model_card(
+                training_args.output_dir,
+                trainer.hub_model_id,
+                card_kwargs["tasks"],
+                metrics=results,
+                dataset=card_kwargs.get("dataset_tags"),
+            )
             card.push_to_hub(trainer.hub_model_id, token=training_args.hub_token)
     else:
         trainer.create_model_card(**card_kwargs)

@@ -29,9 +29,9 @@ def accuracy(model, processor, images, labels, batch_size=500) -> float:
     model.eval()
     correct = 0
     for start in range(0, len(images), batch_size):
-        batch = [PIL.Image.fromarray(image).convert("RGB") for image in images[start:start + batch_size]]
+        batch = [PIL.Image.fromarray(image).convert("RGB") for image in images[start : start + batch_size]]
         logits = model(processor(batch, return_tensors="pt")["pixel_values"]).logits
-        correct += (logits.argmax(-1) == torch.as_tensor(labels[start:start + batch_size])).sum().item()
+        correct += (logits.argmax(-1) == torch.as_tensor(labels[start : start + batch_size])).sum().item()
     return correct / len(images)
 
 
@@ -53,8 +53,13 @@ def reinit_token_mixing(model):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a saved image Mixer with its image processor")
-    parser.add_argument("--sizes", type=image_size, nargs="+", required=True,
-                        help="input sizes, multiples of the patch: a side (36) or HEIGHTxWIDTH (28x36)")
+    parser.add_argument(
+        "--sizes",
+        type=image_size,
+        nargs="+",
+        required=True,
+        help="input sizes, multiples of the patch: a side (36) or HEIGHTxWIDTH (28x36)",
+    )
     parser.add_argument("--fashion_mnist_dir", default=str(FASHION_MNIST))
     parser.add_argument("--save_dir", type=Path, help="write resized-SIZE and reinit-SIZE folders here")
     args = parser.parse_args(argv)
@@ -70,11 +75,14 @@ def main(argv=None):
         # The images at the new size (bilinear, as the processor resizes), then back to the model's size.
         height, width = (new_size, new_size) if isinstance(new_size, int) else new_size
         label = str(height) if height == width else f"{height}x{width}"
-        there = np.stack([np.asarray(PIL.Image.fromarray(image).resize((width, height), PIL.Image.BILINEAR))
-                          for image in images])
-        print(f"  resized to {label} (tokens {resized.config.num_tokens}, D_S {resized.config.tokens_mlp_dim}): "
-              f"{accuracy(resized, new_processor, images, labels):.2%}; the input resized back to {size}: "
-              f"{accuracy(model, processor, there, labels):.2%}")
+        there = np.stack(
+            [np.asarray(PIL.Image.fromarray(image).resize((width, height), PIL.Image.BILINEAR)) for image in images]
+        )
+        print(
+            f"  resized to {label} (tokens {resized.config.num_tokens}, D_S {resized.config.tokens_mlp_dim}): "
+            f"{accuracy(resized, new_processor, images, labels):.2%}; the input resized back to {size}: "
+            f"{accuracy(model, processor, there, labels):.2%}"
+        )
         if args.save_dir:
             for name, start in [("resized", resized), ("reinit", reinit_token_mixing(resized))]:
                 start.save_pretrained(args.save_dir / f"{name}-{label}")

@@ -24,11 +24,28 @@ def main(argv=None):
     parser.add_argument("--output", type=Path, default=Path(__file__).parents[1] / "tests/data/mixer-fashion-mnist-28")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([
-            sys.executable, Path(__file__).with_name("run_image_classification.py"), "--config_overrides", MODEL,
-            "--max_steps", "1500", "--eval_steps", "500", "--use_cpu", "--bf16", "false", "--disable_tqdm", "true",
-            "--seed", "0", "--output_dir", tmp,
-        ], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                Path(__file__).with_name("run_image_classification.py"),
+                "--config_overrides",
+                MODEL,
+                "--max_steps",
+                "1500",
+                "--eval_steps",
+                "500",
+                "--use_cpu",
+                "--bf16",
+                "false",
+                "--disable_tqdm",
+                "true",
+                "--seed",
+                "0",
+                "--output_dir",
+                tmp,
+            ],
+            check=True,
+        )
         results = json.loads((Path(tmp) / "all_results.json").read_text())
         args.output.mkdir(parents=True, exist_ok=True)
         for name in KEPT:

@@ -18,14 +18,25 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 # task (pipeline tag) → (its name on the Hub, the Auto model class, the Auto processor class, a sample input)
 TASKS = {
-    "fill-mask": ("Masked Language Modeling", "AutoModelForMaskedLM", "AutoTokenizer",
-                  'f"Hello {tokenizer.mask_token}!"'),
-    "image-classification": ("Image Classification", "AutoModelForImageClassification", "AutoImageProcessor",
-                             "image"),
-    "text-classification": ("Text Classification", "AutoModelForSequenceClassification", "AutoTokenizer",
-                            '"Hello world!"'),
-    "token-classification": ("Token Classification", "AutoModelForTokenClassification", "AutoTokenizer",
-                             '"Hello world!"'),
+    "fill-mask": (
+        "Masked Language Modeling",
+        "AutoModelForMaskedLM",
+        "AutoTokenizer",
+        'f"Hello {tokenizer.mask_token}!"',
+    ),
+    "image-classification": ("Image Classification", "AutoModelForImageClassification", "AutoImageProcessor", "image"),
+    "text-classification": (
+        "Text Classification",
+        "AutoModelForSequenceClassification",
+        "AutoTokenizer",
+        '"Hello world!"',
+    ),
+    "token-classification": (
+        "Token Classification",
+        "AutoModelForTokenClassification",
+        "AutoTokenizer",
+        '"Hello world!"',
+    ),
 }
 NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "samples", "epoch")
 
@@ -43,12 +54,21 @@ def usage_snippet(repo_id: str, task: str) -> str:
         '# pin the version you read with revision="<commit id>" in each from_pretrained.\n'
         f"{processor} = {processor_class}.from_pretrained(repo{trust})\n"
         f"model = {model_class}.from_pretrained(repo, trust_remote_code=True)\n"
-        f"logits = model(**{processor}({sample}, return_tensors=\"pt\")).logits\n"
+        f'logits = model(**{processor}({sample}, return_tensors="pt")).logits\n'
     )
 
 
-def write_model_card(output_dir, repo_id: str, task: str, *, metrics: dict | None = None, dataset: str | None = None,
-                     dataset_name: str | None = None, tags=(), license: str | None = None) -> ModelCard:
+def write_model_card(
+    output_dir,
+    repo_id: str,
+    task: str,
+    *,
+    metrics: dict | None = None,
+    dataset: str | None = None,
+    dataset_name: str | None = None,
+    tags=(),
+    license: str | None = None,
+) -> ModelCard:
     """
     Writes `output_dir/README.md` and returns the card. Metadata: `library_name: transformers`, `pipeline_tag`,
     the tags "mlp-mixer" and `task` (plus `tags` and those already there), `datasets`, `metrics`, and, given a
@@ -67,10 +87,17 @@ def write_model_card(output_dir, repo_id: str, task: str, *, metrics: dict | Non
     for key, value in (metrics or {}).items():
         split, _, metric = key.partition("_")
         if dataset and metric and not metric.endswith(NOT_METRICS) and isinstance(value, (int, float)):
-            results.append(EvalResult(
-                task_type=task, task_name=TASKS[task][0], dataset_type=dataset, dataset_name=dataset_name or dataset,
-                dataset_split="validation" if split == "eval" else split, metric_type=metric, metric_value=value,
-            ))
+            results.append(
+                EvalResult(
+                    task_type=task,
+                    task_name=TASKS[task][0],
+                    dataset_type=dataset,
+                    dataset_name=dataset_name or dataset,
+                    dataset_split="validation" if split == "eval" else split,
+                    metric_type=metric,
+                    metric_value=value,
+                )
+            )
     before = old.data if old else ModelCardData()  # kept where the arguments say nothing
     data = ModelCardData(
         library_name="transformers",
@@ -84,13 +111,19 @@ def write_model_card(output_dir, repo_id: str, task: str, *, metrics: dict | Non
     )
 
     usage = f"## Usage\n\n```python\n{usage_snippet(repo_id, task)}```\n"
-    body = old.text if old else (
-        f"\n# {name}\n\nAn [MLP-Mixer](https://arxiv.org/abs/2105.01601) (Tolstikhin et al., 2021) for "
-        f"{TASKS[task][0].lower()}, as a 🤗 transformers model whose code ships with the weights.\n"
+    body = (
+        old.text
+        if old
+        else (
+            f"\n# {name}\n\nAn [MLP-Mixer](https://arxiv.org/abs/2105.01601) (Tolstikhin et al., 2021) for "
+            f"{TASKS[task][0].lower()}, as a 🤗 transformers model whose code ships with the weights.\n"
+        )
     )
     # Trainer's card calls a model trained from scratch (config._name_or_path "") "a fine-tuned version of []"
-    body = body.replace("This model is a fine-tuned version of [](https://huggingface.co/) on", "This model was "
-                        "trained from scratch on")
+    body = body.replace(
+        "This model is a fine-tuned version of [](https://huggingface.co/) on",
+        "This model was trained from scratch on",
+    )
     if "\n## Usage\n" not in body:
         head, section, tail = body.partition("\n## ")
         body = f"{head.rstrip()}\n\n{usage}" + (f"\n## {tail}" if section else "")

@@ -34,7 +34,7 @@ def main(argv=None):
         scale = 100 / state["max_steps"] if args.x == "budget" else 1
         train = [(e["step"] * scale, e["loss"]) for e in history if "loss" in e]
         evals = [(e["step"] * scale, e["eval_loss"], e.get("eval_accuracy")) for e in history if "eval_loss" in e]
-        line, = loss_ax.plot(*zip(*train), alpha=0.6, label=f"{label} train")
+        (line,) = loss_ax.plot(*zip(*train), alpha=0.6, label=f"{label} train")
         if evals:
             steps, eval_losses, accuracies = zip(*evals)
             loss_ax.plot(steps, eval_losses, "o-", color=line.get_color(), label=f"{label} eval")

@@ -32,8 +32,9 @@ def plot_token_mixing(model, output, layers=(0,), max_units=None, columns=16):
         order = ((spectrum * radius).sum((-2, -1)) / spectrum.sum((-2, -1))).argsort()
         panels.append((index, units[order][:max_units]))
     rows = [-(-len(units) // columns) for _, units in panels]
-    fig, axes = plt.subplots(sum(rows), columns, figsize=(columns * 0.6, sum(rows) * 0.6 + 0.4 * len(panels)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        sum(rows), columns, figsize=(columns * 0.6, sum(rows) * 0.6 + 0.4 * len(panels)), squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
     start = 0

@@ -76,14 +76,23 @@ def main(argv=None):
         torch._dynamo.reset()
         results[name] = profile_model(case, name, args.mode, batch_size, device, dtype, args.warmup, args.steps)
     labels = [label for label, _ in CATEGORIES] + ["other"]
-    lines = [f"{args.mode} step, {args.case}, batch {batch_size}, {dtype}, {device.type}"
-             f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}, torch {torch.__version__}",
-             "", "| model | ms/step | " + " | ".join(labels) + " |", "|---" * (len(labels) + 2) + "|"]
+    lines = [
+        f"{args.mode} step, {args.case}, batch {batch_size}, {dtype}, {device.type}"
+        f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}, torch {torch.__version__}",
+        "",
+        "| model | ms/step | " + " | ".join(labels) + " |",
+        "|---" * (len(labels) + 2) + "|",
+    ]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['ms_per_step']:.2f} | "
-                     + " | ".join(f"{r['groups_ms'].get(label, 0.0):.2f}" for label in labels) + " |")
+        lines.append(
+            f"| {name} | {r['ms_per_step']:.2f} | "
+            + " | ".join(f"{r['groups_ms'].get(label, 0.0):.2f}" for label in labels)
+            + " |"
+        )
     for name, r in results.items():
-        lines += ["", f"Top operators of {name} (ms per step):"] + [f"- {ms:.3f} {key[:100]}" for key, ms in r["top_ms"]]
+        lines += ["", f"Top operators of {name} (ms per step):"] + [
+            f"- {ms:.3f} {key[:100]}" for key, ms in r["top_ms"]
+        ]
     table = "\n".join(lines)
     print(table)
     out = Path(args.output_dir)

@@ -52,6 +52,7 @@ from common import (
     hold_out_every_kth,
     load_dataset_or_explain,
     load_metric,
+    log_precision,
     parse_config_overrides,
     setup_logging,
     train_evaluate_save,
@@ -66,11 +67,27 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 # The size of a new model, before --model_variant and --config_overrides: for 28×28 images, 4×4 patches (49 tokens).
 # The ViT gets the Mixer's width, depth and patches; its MLP width is the Mixer's channels_mlp_dim; no dropout.
 MODEL_DEFAULTS = {
-    "mlp-mixer": (MixerConfig, MixerForImageClassification, dict(
-        image_size=28, patch_size=4, hidden_size=128, num_hidden_layers=4, tokens_mlp_dim=64, channels_mlp_dim=512)),
-    "vit": (ViTConfig, ViTForImageClassification, dict(
-        image_size=28, patch_size=4, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_size=512, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)),
+    "mlp-mixer": (
+        MixerConfig,
+        MixerForImageClassification,
+        dict(
+            image_size=28, patch_size=4, hidden_size=128, num_hidden_layers=4, tokens_mlp_dim=64, channels_mlp_dim=512
+        ),
+    ),
+    "vit": (
+        ViTConfig,
+        ViTForImageClassification,
+        dict(
+            image_size=28,
+            patch_size=4,
+            hidden_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=512,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        ),
+    ),
 }
 
 
@@ -79,8 +96,9 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "A saved model (directory or Hub id) to fine-tune. Default: a new model."}
     )
-    model_type: str = field(default="mlp-mixer", metadata={"help": "The new model's kind.",
-                                                           "choices": list(MODEL_DEFAULTS)})
+    model_type: str = field(
+        default="mlp-mixer", metadata={"help": "The new model's kind.", "choices": list(MODEL_DEFAULTS)}
+    )
     model_variant: str | None = field(
         default=None, metadata={"help": "A Mixer of the paper (S/32, S/16, B/32, B/16, L/32, L/16, H/14)."}
     )
@@ -116,7 +134,8 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Use at most this many images of each evaluation split (validation, test)."}
     )
     random_crop_padding: float = field(
-        default=0.0, metadata={"help": "Training crops: pad by this share of the size (0.125...), crop back at random."}
+        default=0.0,
+        metadata={"help": "Training crops: pad by this share of the size (0.125...), crop back at random."},
     )
     horizontal_flip: bool = field(default=False, metadata={"help": "Flip training images at random."})
     rand_augment_magnitude: int = field(default=0, metadata={"help": "RandAugment (2 ops) of this magnitude; 0: off."})
@@ -130,9 +149,11 @@ class DataTrainingArguments:
     )
     streaming: bool = field(
         default=False,
-        metadata={"help": "Read the training images while training (a datasets IterableDataset, nothing cached): for "
-                  "image sets larger than memory or disk. Needs --max_steps and labels that the dataset declares as "
-                  "classes. The evaluation images (at most --max_eval_samples a split) are read into memory."},
+        metadata={
+            "help": "Read the training images while training (a datasets IterableDataset, nothing cached): for "
+            "image sets larger than memory or disk. Needs --max_steps and labels that the dataset declares as "
+            "classes. The evaluation images (at most --max_eval_samples a split) are read into memory."
+        },
     )
 
 
@@ -161,16 +182,21 @@ def load_raw_datasets(data_args, model_args) -> DatasetDict:
     streaming = data_args.streaming
     if data_args.dataset_name is not None:
         raw = load_dataset_or_explain(
-            data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir,
-            token=model_args.token, trust_remote_code=model_args.trust_remote_code or None, streaming=streaming,
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            cache_dir=model_args.cache_dir,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code or None,
+            streaming=streaming,
             hint=hint,
         )
     elif data_args.train_dir is not None:
         files = {"train": image_folder(data_args.train_dir)}
         if data_args.validation_dir is not None:
             files["validation"] = image_folder(data_args.validation_dir)
-        raw = load_dataset_or_explain("imagefolder", data_files=files, cache_dir=model_args.cache_dir,
-                                      streaming=streaming, hint=hint)
+        raw = load_dataset_or_explain(
+            "imagefolder", data_files=files, cache_dir=model_args.cache_dir, streaming=streaming, hint=hint
+        )
     else:
         raw = DatasetDict(fashion_mnist(data_args.fashion_mnist_dir))  # a copy: the splits are replaced below
         if streaming:
@@ -182,8 +208,12 @@ def load_raw_datasets(data_args, model_args) -> DatasetDict:
         check_column(raw[split], data_args.label_column_name, "--label_column_name")
     # Decoded by the transforms in main, which name the file that cannot be read. (Cast before a stream's filter:
     # datasets 5.2 decodes what a filtered stream yields whatever is cast after it.)
-    raw = type(raw)({split: dataset.cast_column(data_args.image_column_name, Image(decode=False))
-                     for split, dataset in raw.items()})
+    raw = type(raw)(
+        {
+            split: dataset.cast_column(data_args.image_column_name, Image(decode=False))
+            for split, dataset in raw.items()
+        }
+    )
     if "validation" not in raw and streaming:
         raw["train"], raw["validation"] = hold_out_every_kth(raw["train"], data_args.train_val_split)
     elif "validation" not in raw:
@@ -265,8 +295,7 @@ class ImageClassificationTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # a mean over the batch
 
-    def __init__(self, *args, mixup_alpha: float = 0.0, flip_test_images: bool = False, muon: bool = False,
-                 **kwargs):
+    def __init__(self, *args, mixup_alpha: float = 0.0, flip_test_images: bool = False, muon: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.beta = torch.distributions.Beta(mixup_alpha, mixup_alpha) if mixup_alpha > 0 else None
         self.flip_test_images = flip_test_images
@@ -284,8 +313,12 @@ class ImageClassificationTrainer(Trainer):
                 (matrices if is_matrix else decayed if name in decay else not_decayed).append(param)
         args = self.args
         self.optimizer = MuonWithAdamW(
-            matrices, [{"params": decayed}, {"params": not_decayed, "weight_decay": 0.0}], lr=args.learning_rate,
-            weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+            matrices,
+            [{"params": decayed}, {"params": not_decayed, "weight_decay": 0.0}],
+            lr=args.learning_rate,
+            weight_decay=args.weight_decay,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
         )
         return self.optimizer
 
@@ -303,8 +336,9 @@ class ImageClassificationTrainer(Trainer):
         else:
             outputs = model(pixel_values=pixel_values)
             outputs.logits = (outputs.logits + model(pixel_values=pixel_values.flip(-1)).logits) / 2  # width: last
-        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), targets,
-                                                 label_smoothing=self.args.label_smoothing_factor)
+        loss = torch.nn.functional.cross_entropy(
+            outputs.logits.float(), targets, label_smoothing=self.args.label_smoothing_factor
+        )
         return (loss, outputs) if return_outputs else loss
 
 
@@ -312,36 +346,58 @@ def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
     # The embedded job's defaults: Fashion-MNIST, trained and evaluated in about 10 minutes on 2 CPU cores.
     parser.set_defaults(
-        output_dir="outputs/mixer-fashion-mnist", do_train=True, do_eval=True, learning_rate=4e-3,
-        weight_decay=0.05, warmup_steps=0.05, max_steps=2000, per_device_train_batch_size=128,
-        per_device_eval_batch_size=256, eval_strategy="steps", eval_steps=250, logging_steps=50,
-        save_strategy="no", report_to="none", max_grad_norm=1.0, remove_unused_columns=False,
+        output_dir="outputs/mixer-fashion-mnist",
+        do_train=True,
+        do_eval=True,
+        learning_rate=4e-3,
+        weight_decay=0.05,
+        warmup_steps=0.05,
+        max_steps=2000,
+        per_device_train_batch_size=128,
+        per_device_eval_batch_size=256,
+        eval_strategy="steps",
+        eval_steps=250,
+        logging_steps=50,
+        save_strategy="no",
+        report_to="none",
+        max_grad_norm=1.0,
+        remove_unused_columns=False,
     )
-    return parser.parse_args_into_dataclasses(args=argv)
+    why_precision = choose_precision(parser, argv)
+    return *parser.parse_args_into_dataclasses(args=argv), why_precision
 
 
 def main(argv=None):
-    model_args, data_args, training_args = parse_args(argv)
+    model_args, data_args, training_args, why_precision = parse_args(argv)
     setup_logging(training_args)
-    choose_precision(training_args, argv)
+    log_precision(training_args, why_precision)
     check_streaming(data_args.streaming, training_args)
     logger.info(f"Training/evaluation parameters {training_args}")
     set_seed(training_args.seed)
 
     raw = load_raw_datasets(data_args, model_args)
     labels = raw["train"].features[data_args.label_column_name].names
-    label_kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                        label2id={name: i for i, name in enumerate(labels)})
+    label_kwargs = dict(
+        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)}
+    )
 
     if model_args.model_name_or_path:
         config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path, cache_dir=model_args.cache_dir, revision=model_args.model_revision,
-            token=model_args.token, trust_remote_code=model_args.trust_remote_code, **label_kwargs,
+            model_args.model_name_or_path,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code,
+            **label_kwargs,
         )
         model = AutoModelForImageClassification.from_pretrained(
-            model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir,
-            revision=model_args.model_revision, token=model_args.token,
-            trust_remote_code=model_args.trust_remote_code, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            model_args.model_name_or_path,
+            config=config,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
         )
     else:
         config_class, model_class, defaults = MODEL_DEFAULTS[model_args.model_type]
@@ -357,19 +413,26 @@ def main(argv=None):
 
     source = model_args.image_processor_name or model_args.model_name_or_path
     if source:
-        image_processor = AutoImageProcessor.from_pretrained(source, cache_dir=model_args.cache_dir,
-                                                             token=model_args.token)
+        image_processor = AutoImageProcessor.from_pretrained(
+            source, cache_dir=model_args.cache_dir, token=model_args.token
+        )
     else:
         size = model.config.image_size  # a side, or (height, width): the Mixer's and the ViT's configs take both
         height, width = (size, size) if isinstance(size, int) else size
-        image_processor = ViTImageProcessor(size={"height": height, "width": width}, image_mean=[0.5] * 3,
-                                            image_std=[0.5] * 3)
+        image_processor = ViTImageProcessor(
+            size={"height": height, "width": width}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        )
 
     # Augmentations of the training images, before the image processor resizes and normalises them.
     augment = []
     if data_args.random_crop_padding > 0:
-        augment.append(transforms.Lambda(lambda image: transforms.RandomCrop(
-            image.size[::-1], padding=max(1, round(data_args.random_crop_padding * min(image.size))))(image)))
+        augment.append(
+            transforms.Lambda(
+                lambda image: transforms.RandomCrop(
+                    image.size[::-1], padding=max(1, round(data_args.random_crop_padding * min(image.size)))
+                )(image)
+            )
+        )
     if data_args.horizontal_flip:
         augment.append(transforms.RandomHorizontalFlip())
     if data_args.rand_augment_magnitude > 0:
@@ -381,21 +444,29 @@ def main(argv=None):
             images = [open_image(value) for value in batch[data_args.image_column_name]]
             if train:
                 images = [augment(image) for image in images]
-            return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"],
-                    "labels": batch[data_args.label_column_name]}
+            return {
+                "pixel_values": image_processor(images, return_tensors="pt")["pixel_values"],
+                "labels": batch[data_args.label_column_name],
+            }
+
         return transform
 
     if data_args.streaming:  # shuffled within a buffer, afresh each pass (the Trainer's set_epoch); decoded lazily
-        train_dataset = raw["train"].shuffle(seed=training_args.seed, buffer_size=STREAMING_SHUFFLE_BUFFER).map(
-            make_transform(train=True), batched=True, remove_columns=list(raw["train"].features))
+        train_dataset = (
+            raw["train"]
+            .shuffle(seed=training_args.seed, buffer_size=STREAMING_SHUFFLE_BUFFER)
+            .map(make_transform(train=True), batched=True, remove_columns=list(raw["train"].features))
+        )
     else:
         train_dataset = raw["train"].with_transform(make_transform(train=True))
     eval_dataset = raw["validation"].with_transform(make_transform(train=False))
     extra_eval = {"test": raw["test"].with_transform(make_transform(train=False))} if "test" in raw else None
 
     def collate_fn(examples):
-        return {"pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-                "labels": torch.tensor([example["labels"] for example in examples])}
+        return {
+            "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+            "labels": torch.tensor([example["labels"] for example in examples]),
+        }
 
     metric = load_metric("accuracy")
 
@@ -414,8 +485,11 @@ def main(argv=None):
         flip_test_images=data_args.flip_test_images,
         muon=data_args.muon,
     )
-    card = {"finetuned_from": model_args.model_name_or_path, "tasks": "image-classification",
-            "tags": ["image-classification"]}
+    card = {
+        "finetuned_from": model_args.model_name_or_path,
+        "tasks": "image-classification",
+        "tags": ["image-classification"],
+    }
     if data_args.dataset_name:
         card.update(dataset_tags=data_args.dataset_name, dataset=data_args.dataset_name)
     return train_evaluate_save(trainer, training_args, train_dataset, eval_dataset, card, extra_eval=extra_eval)

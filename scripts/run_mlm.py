@@ -48,6 +48,7 @@ from common import (
     hold_out_every_kth,
     load_dataset_or_explain,
     load_metric,
+    log_precision,
     parse_config_overrides,
     setup_logging,
     train_evaluate_save,
@@ -56,6 +57,8 @@ from common import (
 
 logger = logging.getLogger(__name__)
 STREAMING_SHUFFLE_BUFFER = 10_000  # blocks (of --max_seq_length tokens) held to shuffle a streamed corpus
+
+
 @dataclass
 class DataTrainingArguments:
     dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub (needs network)."})
@@ -71,8 +74,10 @@ class DataTrainingArguments:
     )
     short_seq_probability: float = field(
         default=0.1,
-        metadata={"help": "Share of training blocks cut to a random shorter length (as BERT's pre-training), so that "
-                  "the model also sees short, padded input."},
+        metadata={
+            "help": "Share of training blocks cut to a random shorter length (as BERT's pre-training), so that "
+            "the model also sees short, padded input."
+        },
     )
     mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked (80/10/10)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training texts."})
@@ -80,9 +85,11 @@ class DataTrainingArguments:
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for preprocessing."})
     streaming: bool = field(
         default=False,
-        metadata={"help": "Read the corpus while training (a datasets IterableDataset, tokenized and grouped on the "
-                  "fly, nothing cached): for corpora larger than memory or disk. Needs --max_steps. The evaluation "
-                  "blocks (at most --max_eval_samples) are read into memory."},
+        metadata={
+            "help": "Read the corpus while training (a datasets IterableDataset, tokenized and grouped on the "
+            "fly, nothing cached): for corpora larger than memory or disk. Needs --max_steps. The evaluation "
+            "blocks (at most --max_eval_samples) are read into memory."
+        },
     )
     fill_mask_examples: int = field(
         default=5, metadata={"help": "After saving, reload the model and fill a masked token in this many texts."}
@@ -126,8 +133,12 @@ def load_raw_datasets(data_args, model_args) -> DatasetDict | IterableDatasetDic
     streaming = data_args.streaming
     if data_args.dataset_name is not None:
         raw = load_dataset_or_explain(
-            data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir,
-            token=model_args.token, trust_remote_code=model_args.trust_remote_code or None, streaming=streaming,
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            cache_dir=model_args.cache_dir,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code or None,
+            streaming=streaming,
             hint=hint,
         )
     elif data_args.train_file is not None:
@@ -142,8 +153,9 @@ def load_raw_datasets(data_args, model_args) -> DatasetDict | IterableDatasetDic
         if extension not in ("text", "csv", "json"):
             raise ValueError(f"--train_file must be a .txt, .csv, .json or .jsonl file, got {data_args.train_file}.")
         kwargs = {"keep_linebreaks": True} if extension == "text" else {}
-        raw = load_dataset_or_explain(extension, data_files=files, cache_dir=model_args.cache_dir,
-                                      streaming=streaming, hint=hint, **kwargs)
+        raw = load_dataset_or_explain(
+            extension, data_files=files, cache_dir=model_args.cache_dir, streaming=streaming, hint=hint, **kwargs
+        )
     else:
         raw = DatasetDict(shakespeare())  # a copy: the splits are replaced below
         if streaming:
@@ -175,7 +187,7 @@ def group_texts(examples, indices, tokenizer, block_size: int, short_seq_probabi
     ids = list(chain.from_iterable(examples["input_ids"]))
     rng = np.random.default_rng([seed, indices[0]])
     inner = block_size - 2
-    blocks = [ids[start:start + inner] for start in range(0, len(ids) - inner + 1, inner)]
+    blocks = [ids[start : start + inner] for start in range(0, len(ids) - inner + 1, inner)]
     blocks = [b[: rng.integers(1, inner)] if rng.random() < short_seq_probability else b for b in blocks]
     return {
         "input_ids": [[tokenizer.cls_token_id, *b, tokenizer.sep_token_id] for b in blocks],
@@ -194,17 +206,29 @@ def tokenize_and_group(raw, tokenizer, data_args, block_size: int, seed: int):
     in_memory = {} if streaming else {"num_proc": data_args.preprocessing_num_workers}  # not for IterableDatasets
     tokenized = raw.map(
         lambda batch: tokenizer(batch[column], add_special_tokens=False, return_attention_mask=False, verbose=False),
-        batched=True, remove_columns=[column], **in_memory, **({} if streaming else {"desc": "Tokenizing"}),
+        batched=True,
+        remove_columns=[column],
+        **in_memory,
+        **({} if streaming else {"desc": "Tokenizing"}),
     )
-    return type(raw)({
-        split: tokenized[split].map(
-            group_texts, batched=True, with_indices=True, **in_memory,
-            fn_kwargs=dict(tokenizer=tokenizer, block_size=block_size, seed=seed,
-                           short_seq_probability=data_args.short_seq_probability if split == "train" else 0.0),
-            **({} if streaming else {"desc": f"Grouping into blocks of {block_size}"}),
-        )
-        for split in tokenized
-    })
+    return type(raw)(
+        {
+            split: tokenized[split].map(
+                group_texts,
+                batched=True,
+                with_indices=True,
+                **in_memory,
+                fn_kwargs=dict(
+                    tokenizer=tokenizer,
+                    block_size=block_size,
+                    seed=seed,
+                    short_seq_probability=data_args.short_seq_probability if split == "train" else 0.0,
+                ),
+                **({} if streaming else {"desc": f"Grouping into blocks of {block_size}"}),
+            )
+            for split in tokenized
+        }
+    )
 
 
 class DataCollatorForMaskedLM(DataCollatorForLanguageModeling):
@@ -243,18 +267,31 @@ def parse_args(argv=None):
     # minutes on 2 CPU cores with bf16 units (docs/text.md). Batches of 64 blocks: with 16, the model sat on the
     # unigram plateau for most of the budget, or all of it, depending on the CPU.
     parser.set_defaults(
-        output_dir="outputs/mixer-mlm-shakespeare", do_train=True, do_eval=True, learning_rate=4e-3,
-        weight_decay=0.01, warmup_steps=0.05, max_steps=3500, per_device_train_batch_size=64,
-        per_device_eval_batch_size=128, eval_strategy="steps", eval_steps=500, logging_steps=50,
-        max_eval_samples=500, save_strategy="no", report_to="none", max_grad_norm=1.0,
+        output_dir="outputs/mixer-mlm-shakespeare",
+        do_train=True,
+        do_eval=True,
+        learning_rate=4e-3,
+        weight_decay=0.01,
+        warmup_steps=0.05,
+        max_steps=1800,
+        per_device_train_batch_size=64,
+        per_device_eval_batch_size=128,
+        eval_strategy="steps",
+        eval_steps=300,
+        logging_steps=50,
+        max_eval_samples=500,
+        save_strategy="no",
+        report_to="none",
+        max_grad_norm=1.0,
     )
-    return parser.parse_args_into_dataclasses(args=argv)
+    why_precision = choose_precision(parser, argv)
+    return *parser.parse_args_into_dataclasses(args=argv), why_precision
 
 
 def main(argv=None):
-    model_args, data_args, training_args = parse_args(argv)
+    model_args, data_args, training_args, why_precision = parse_args(argv)
     setup_logging(training_args)
-    choose_precision(training_args, argv)
+    log_precision(training_args, why_precision)
     check_streaming(data_args.streaming, training_args)
     logger.info(f"Training/evaluation parameters {training_args}")
     set_seed(training_args.seed)
@@ -280,13 +317,20 @@ def main(argv=None):
     # Model: a saved one, or a new one from the defaults and --config_overrides.
     if model_args.model_name_or_path:
         model = AutoModelForMaskedLM.from_pretrained(
-            model_args.model_name_or_path, cache_dir=model_args.cache_dir, revision=model_args.model_revision,
-            token=model_args.token, trust_remote_code=model_args.trust_remote_code,
+            model_args.model_name_or_path,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code,
         )
     else:
         config_class, model_class, defaults = TEXT_MODEL_DEFAULTS[model_args.model_type]
-        fields = {**defaults, "vocab_size": len(tokenizer), "max_position_embeddings": data_args.max_seq_length,
-                  "pad_token_id": tokenizer.pad_token_id}
+        fields = {
+            **defaults,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": data_args.max_seq_length,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
         config = config_class(**{**fields, **parse_config_overrides(config_class, model_args.config_overrides)})
         model = model_class(config)
         logger.info(f"New {model_args.model_type} model: {model.num_parameters() / 1e6:.2f}M parameters, {config}")
@@ -309,16 +353,24 @@ def main(argv=None):
     elif data_args.max_eval_samples is not None:
         eval_dataset = eval_dataset.select(range(min(len(eval_dataset), data_args.max_eval_samples)))
     eval_dataset = eval_dataset.map(
-        mask_once, batched=True, remove_columns=eval_dataset.column_names, desc="Masking the evaluation blocks",
-        fn_kwargs={"collator": DataCollatorForLanguageModeling(tokenizer, data_args.mlm_probability,
-                                                               seed=training_args.seed)},
+        mask_once,
+        batched=True,
+        remove_columns=eval_dataset.column_names,
+        desc="Masking the evaluation blocks",
+        fn_kwargs={
+            "collator": DataCollatorForLanguageModeling(tokenizer, data_args.mlm_probability, seed=training_args.seed)
+        },
     )
-    for split, dataset, needed in [("training", train_dataset, training_args.do_train and not data_args.streaming),
-                                   ("evaluation", eval_dataset, training_args.do_eval)]:
+    for split, dataset, needed in [
+        ("training", train_dataset, training_args.do_train and not data_args.streaming),
+        ("evaluation", eval_dataset, training_args.do_eval),
+    ]:
         if needed and len(dataset) == 0:
             raise ValueError(f"The {split} text is shorter than one block of {max_length} tokens.")
-    logger.info(f"{'Streamed' if data_args.streaming else len(train_dataset)} training blocks, {len(eval_dataset)} "
-                f"evaluation blocks of {max_length} tokens")
+    logger.info(
+        f"{'Streamed' if data_args.streaming else len(train_dataset)} training blocks, {len(eval_dataset)} "
+        f"evaluation blocks of {max_length} tokens"
+    )
 
     metric = load_metric("accuracy")
 
@@ -347,8 +399,9 @@ def main(argv=None):
         train_dataset=train_dataset if training_args.do_train else None,
         eval_dataset=eval_dataset if training_args.do_eval else None,
         processing_class=tokenizer,
-        data_collator=DataCollatorForMaskedLM(tokenizer, mlm_probability=data_args.mlm_probability,
-                                             seed=training_args.seed),
+        data_collator=DataCollatorForMaskedLM(
+            tokenizer, mlm_probability=data_args.mlm_probability, seed=training_args.seed
+        ),
         compute_metrics=compute_metrics if training_args.do_eval else None,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics if training_args.do_eval else None,
     )
@@ -358,13 +411,18 @@ def main(argv=None):
     results = train_evaluate_save(trainer, training_args, train_dataset, eval_dataset, card, perplexity=True)
 
     if training_args.do_train and training_args.should_save and data_args.fill_mask_examples > 0:
-        texts = raw["validation"][column] if not data_args.streaming else [
-            row[column] for row in islice(raw["validation"], 10_000)]  # a stream's first ones
+        texts = (
+            raw["validation"][column]
+            if not data_args.streaming
+            else [row[column] for row in islice(raw["validation"], 10_000)]
+        )  # a stream's first ones
         show_fill_mask(training_args.output_dir, texts, data_args.fill_mask_examples)
         if training_args.do_eval:
-            print(f"Over the {int(results['eval_masked_tokens'])} masked tokens of the evaluation blocks: "
-                  f"top-1 {results['eval_accuracy']:.1%}, top-5 {results['eval_top5_accuracy']:.1%}; always guessing "
-                  f"the most frequent one (the unigram plateau) {results['eval_unigram_accuracy']:.1%}.")
+            print(
+                f"Over the {int(results['eval_masked_tokens'])} masked tokens of the evaluation blocks: "
+                f"top-1 {results['eval_accuracy']:.1%}, top-5 {results['eval_top5_accuracy']:.1%}; always guessing "
+                f"the most frequent one (the unigram plateau) {results['eval_unigram_accuracy']:.1%}."
+            )
     return results
 
 
@@ -394,8 +452,10 @@ def show_fill_mask(model_dir, texts, count: int):
             inputs = tokenizer(prompt, return_tensors="pt")
             logits = model(**inputs).logits[0, (inputs["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0, 0]]
         rank = int((logits > logits[answer]).sum()) + 1
-        print(f"  {prompt!r}\n      → {guesses}   (the text has {tokenizer.convert_ids_to_tokens(answer)!r}, "
-              f"rank {rank} of {len(logits)})")
+        print(
+            f"  {prompt!r}\n      → {guesses}   (the text has {tokenizer.convert_ids_to_tokens(answer)!r}, "
+            f"rank {rank} of {len(logits)})"
+        )
 
 
 if __name__ == "__main__":

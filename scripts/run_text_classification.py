@@ -76,8 +76,10 @@ ROTTEN_TOMATOES_LABELS = ["rotten", "fresh"]
 class ModelArguments(TextModelArguments):
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A saved model (directory or Hub id) to fine-tune, e.g. a Mixer MLM of run_mlm.py (its MLM "
-                  "head is dropped, the classifier initialised). Default: a new model."},
+        metadata={
+            "help": "A saved model (directory or Hub id) to fine-tune, e.g. a Mixer MLM of run_mlm.py (its MLM "
+            "head is dropped, the classifier initialised). Default: a new model."
+        },
     )
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Replace a saved classifier that has another number of classes."}
@@ -98,8 +100,10 @@ class DataTrainingArguments:
     )
     max_seq_length: int = field(
         default=128,
-        metadata={"help": "Longest input in tokens, at most the tokenizer's model_max_length and the model's "
-                  "max_position_embeddings; a new model takes this length."},
+        metadata={
+            "help": "Longest input in tokens, at most the tokenizer's model_max_length and the model's "
+            "max_position_embeddings; a new model takes this length."
+        },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training texts."})
     max_eval_samples: int | None = field(
@@ -133,16 +137,29 @@ def rotten_tomatoes() -> DatasetDict:
 
 
 def load_raw_datasets(data_args, model_args) -> DatasetDict:
-    hint = ("Pass --dataset_name (a Hub dataset), --train_file/--validation_file/--test_file, or nothing for the "
-            "Rotten Tomatoes snippets.")
+    hint = (
+        "Pass --dataset_name (a Hub dataset), --train_file/--validation_file/--test_file, or nothing for the "
+        "Rotten Tomatoes snippets."
+    )
     if data_args.dataset_name is not None:
         raw = load_dataset_or_explain(
-            data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir,
-            token=model_args.token, trust_remote_code=model_args.trust_remote_code or None, hint=hint,
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            cache_dir=model_args.cache_dir,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code or None,
+            hint=hint,
         )
     elif data_args.train_file is not None:
-        files = {split: path for split, path in [("train", data_args.train_file), ("validation",
-                 data_args.validation_file), ("test", data_args.test_file)] if path is not None}
+        files = {
+            split: path
+            for split, path in [
+                ("train", data_args.train_file),
+                ("validation", data_args.validation_file),
+                ("test", data_args.test_file),
+            ]
+            if path is not None
+        }
         for path in files.values():
             if not Path(path).is_file():
                 raise ValueError(f"No such file: {path}. {hint}")
@@ -177,10 +194,20 @@ def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
     # The embedded job's defaults: the Rotten Tomatoes snippets, 5 epochs.
     parser.set_defaults(
-        output_dir="outputs/mixer-rotten-tomatoes", do_train=True, do_eval=True, learning_rate=5e-4,
-        weight_decay=0.01, warmup_steps=0.1, num_train_epochs=5, per_device_train_batch_size=64,
-        per_device_eval_batch_size=256, eval_strategy="epoch", logging_steps=25, save_strategy="no",
-        report_to="none", max_grad_norm=1.0,
+        output_dir="outputs/mixer-rotten-tomatoes",
+        do_train=True,
+        do_eval=True,
+        learning_rate=5e-4,
+        weight_decay=0.01,
+        warmup_steps=0.1,
+        num_train_epochs=5,
+        per_device_train_batch_size=64,
+        per_device_eval_batch_size=256,
+        eval_strategy="epoch",
+        logging_steps=25,
+        save_strategy="no",
+        report_to="none",
+        max_grad_norm=1.0,
     )
     return parser.parse_args_into_dataclasses(args=argv)
 
@@ -194,8 +221,9 @@ def main(argv=None):
     raw = load_raw_datasets(data_args, model_args)
     text_column, label_column = data_args.text_column_name, data_args.label_column_name
     labels = raw["train"].features[label_column].names
-    label_kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                        label2id={name: i for i, name in enumerate(labels)})
+    label_kwargs = dict(
+        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)}
+    )
 
     # Tokenizer: given, the model's, or trained on the training text (by common.train_tokenizer).
     source = model_args.tokenizer_name or model_args.model_name_or_path
@@ -205,7 +233,7 @@ def main(argv=None):
         saved = Path(training_args.output_dir) / "trained-tokenizer"
         with training_args.main_process_first(local=False, desc="training the tokenizer"):
             if training_args.process_index == 0:
-                texts = (raw["train"][i: i + 1000][text_column] for i in range(0, len(raw["train"]), 1000))
+                texts = (raw["train"][i : i + 1000][text_column] for i in range(0, len(raw["train"]), 1000))
                 train_tokenizer(texts, model_args, data_args.max_seq_length).save_pretrained(saved)
             tokenizer = AutoTokenizer.from_pretrained(saved)
     max_length = min(data_args.max_seq_length, tokenizer.model_max_length)
@@ -213,19 +241,32 @@ def main(argv=None):
     # Model: a saved one with a new classifier, or a new one of run_mlm.py's size and --config_overrides.
     if model_args.model_name_or_path:
         config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path, cache_dir=model_args.cache_dir, revision=model_args.model_revision,
-            token=model_args.token, trust_remote_code=model_args.trust_remote_code, **label_kwargs,
+            model_args.model_name_or_path,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code,
+            **label_kwargs,
         )
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir,
-            revision=model_args.model_revision, token=model_args.token,
-            trust_remote_code=model_args.trust_remote_code, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            model_args.model_name_or_path,
+            config=config,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
         )
         max_length = min(max_length, model.config.max_position_embeddings)
     else:
         config_class, _, defaults = TEXT_MODEL_DEFAULTS[model_args.model_type]
-        fields = {**defaults, "vocab_size": len(tokenizer), "max_position_embeddings": max_length,
-                  "pad_token_id": tokenizer.pad_token_id, **label_kwargs}
+        fields = {
+            **defaults,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": max_length,
+            "pad_token_id": tokenizer.pad_token_id,
+            **label_kwargs,
+        }
         config = config_class(**{**fields, **parse_config_overrides(config_class, model_args.config_overrides)})
         model = AutoModelForSequenceClassification.from_config(config)
         logger.info(f"New {model_args.model_type} model: {model.num_parameters() / 1e6:.2f}M parameters, {config}")
@@ -237,8 +278,10 @@ def main(argv=None):
     with training_args.main_process_first(desc="tokenizing"):
         tokenized = raw.map(
             lambda batch: tokenizer(batch[text_column], truncation=True, max_length=max_length),
-            batched=True, num_proc=data_args.preprocessing_num_workers,
-            remove_columns=[c for c in raw["train"].column_names if c != label_column], desc="Tokenizing",
+            batched=True,
+            num_proc=data_args.preprocessing_num_workers,
+            remove_columns=[c for c in raw["train"].column_names if c != label_column],
+            desc="Tokenizing",
         )
     if label_column != "label":
         tokenized = tokenized.rename_column(label_column, "label")
@@ -252,8 +295,10 @@ def main(argv=None):
     def compute_metrics(eval_pred):
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
         predictions, references = np.argmax(logits, axis=-1), eval_pred.label_ids
-        return {**accuracy.compute(predictions=predictions, references=references),
-                **f1.compute(predictions=predictions, references=references, average=average)}
+        return {
+            **accuracy.compute(predictions=predictions, references=references),
+            **f1.compute(predictions=predictions, references=references, average=average),
+        }
 
     trainer = Trainer(
         model=model,

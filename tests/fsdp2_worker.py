@@ -34,11 +34,14 @@ def batches(head: str, config) -> list[dict]:
     generator = torch.Generator().manual_seed(0)
     if head == "image":
         size = config.image_size
-        batch = {"pixel_values": torch.randn(BATCH_SIZE, config.num_channels, size, size, generator=generator),
-                 "labels": torch.randint(config.num_labels, (BATCH_SIZE,), generator=generator)}
+        batch = {
+            "pixel_values": torch.randn(BATCH_SIZE, config.num_channels, size, size, generator=generator),
+            "labels": torch.randint(config.num_labels, (BATCH_SIZE,), generator=generator),
+        }
     else:
-        input_ids = torch.randint(1, config.vocab_size, (BATCH_SIZE, config.max_position_embeddings),
-                                  generator=generator)
+        input_ids = torch.randint(
+            1, config.vocab_size, (BATCH_SIZE, config.max_position_embeddings), generator=generator
+        )
         labels = torch.full_like(input_ids, -100)
         labels[:, ::2] = input_ids[:, ::2]
         batch = {"input_ids": input_ids, "labels": labels}
@@ -70,17 +73,26 @@ def main(init_dir: Path, out_dir: Path):
             loss = loss.detach()
             dist.all_reduce(loss)
             losses.append(loss.item() / world_size)
-        local = {name: (type(p).__name__, tuple(p.to_local().shape) if isinstance(p, DTensor) else None)
-                 for name, p in model.named_parameters()}
+        local = {
+            name: (type(p).__name__, tuple(p.to_local().shape) if isinstance(p, DTensor) else None)
+            for name, p in model.named_parameters()
+        }
         shards = [None] * world_size
         dist.all_gather_object(shards, local)
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         dcp.save(get_model_state_dict(model), checkpoint_id=out_dir / head / "dcp")
         if rank == 0:
-            torch.save({"losses": losses, "state_dict": full, "shards": shards,
-                        "tied": model.lm_head.decoder.weight is model.mixer.embeddings.word_embeddings.weight
-                        if head == "mlm" else None},
-                       out_dir / head / "result.pt")
+            torch.save(
+                {
+                    "losses": losses,
+                    "state_dict": full,
+                    "shards": shards,
+                    "tied": model.lm_head.decoder.weight is model.mixer.embeddings.word_embeddings.weight
+                    if head == "mlm"
+                    else None,
+                },
+                out_dir / head / "result.pt",
+            )
     dist.destroy_process_group()
 
 

@@ -7,9 +7,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION_MNIST_SAMPLE = ROOT / "tests/data/fashion-mnist"  # 1,000 train and 500 test images
-TINY_IMAGES = ["--fashion_mnist_dir", str(FASHION_MNIST_SAMPLE), "--max_train_samples", "600", "--max_eval_samples",
-               "100", "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "100", "--learning_rate",
-               "5e-3", "--logging_steps", "5", "--eval_steps", "1000", "--use_cpu", "--disable_tqdm", "true"]
+TINY_IMAGES = [
+    "--fashion_mnist_dir",
+    str(FASHION_MNIST_SAMPLE),
+    "--max_train_samples",
+    "600",
+    "--max_eval_samples",
+    "100",
+    "--per_device_train_batch_size",
+    "32",
+    "--per_device_eval_batch_size",
+    "100",
+    "--learning_rate",
+    "5e-3",
+    "--logging_steps",
+    "5",
+    "--eval_steps",
+    "1000",
+    "--use_cpu",
+    "--disable_tqdm",
+    "true",
+]
 
 BLOCK_PACKAGE = """
 import importlib.abc, sys

@@ -209,10 +209,15 @@ class Handler(BaseHTTPRequestHandler):
     def preupload(self, body, repo, rev):
         """Upload every file inline ("regular"); `oid` is the blob already there, so unchanged files are skipped."""
         files = self.store.commit(repo, rev)["files"]
-        self._send(200, {"files": [
-            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": files.get(f["path"])}
-            for f in json.loads(body)["files"]
-        ]})
+        self._send(
+            200,
+            {
+                "files": [
+                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": files.get(f["path"])}
+                    for f in json.loads(body)["files"]
+                ]
+            },
+        )
 
     def commit(self, body, repo, rev):
         lines = [json.loads(line) for line in body.splitlines() if line.strip()]
@@ -221,10 +226,17 @@ class Handler(BaseHTTPRequestHandler):
 
     def model_info(self, body, repo, rev="main"):
         commit = self.store.commit(repo, rev)
-        self._send(200, {
-            "id": repo, "modelId": repo, "author": repo.split("/")[0], "sha": commit["sha"], "private": False,
-            "siblings": [{"rfilename": path} for path in sorted(commit["files"])],
-        })
+        self._send(
+            200,
+            {
+                "id": repo,
+                "modelId": repo,
+                "author": repo.split("/")[0],
+                "sha": commit["sha"],
+                "private": False,
+                "siblings": [{"rfilename": path} for path in sorted(commit["files"])],
+            },
+        )
 
     def tree(self, body, repo, rev, path=""):
         """Files (recursive=true) or files and folders one level down (the default) under `path`."""
@@ -235,7 +247,7 @@ class Handler(BaseHTTPRequestHandler):
         for file, oid in sorted(commit["files"].items()):
             if not file.startswith(prefix):
                 continue
-            head, _, rest = file[len(prefix):].partition("/")
+            head, _, rest = file[len(prefix) :].partition("/")
             if rest and not recursive:  # a folder one level down
                 entries[prefix + head] = {"type": "directory", "path": prefix + head, "oid": "0" * 40}
             else:

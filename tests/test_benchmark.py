@@ -6,15 +6,39 @@ import benchmark  # noqa: E402
 
 
 def test_benchmark_harness_writes_its_reports(tmp_path):
-    benchmark.main([
-        "--cases", "tiny-image,tiny-text", "--models", "mixer,timm,bert,fnet", "--modes", "inference,train",
-        "--rounds", "2", "--warmup", "1", "--batch_size", "4", "--no_memory", "--fused_adamw", "--output_dir", str(tmp_path),
-    ])
+    benchmark.main(
+        [
+            "--cases",
+            "tiny-image,tiny-text",
+            "--models",
+            "mixer,timm,bert,fnet",
+            "--modes",
+            "inference,train",
+            "--rounds",
+            "2",
+            "--warmup",
+            "1",
+            "--batch_size",
+            "4",
+            "--no_memory",
+            "--fused_adamw",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     report = json.loads((tmp_path / "benchmark.json").read_text())
     rows = {(r["case"], r["mode"], r["model"]): r for r in report["results"]}
-    assert set(rows) == {(case, mode, model) for case, model in [("tiny-image", "mixer"), ("tiny-image", "timm"),
-                         ("tiny-text", "mixer"), ("tiny-text", "bert"), ("tiny-text", "fnet")]
-                         for mode in ("inference", "train")}
+    assert set(rows) == {
+        (case, mode, model)
+        for case, model in [
+            ("tiny-image", "mixer"),
+            ("tiny-image", "timm"),
+            ("tiny-text", "mixer"),
+            ("tiny-text", "bert"),
+            ("tiny-text", "fnet"),
+        ]
+        for mode in ("inference", "train")
+    }
     assert report["gemm_peak_flops"] > 1e8
     assert report["tuning"] == {"compile_mode": None, "fused_adamw": True}
     for row in rows.values():
@@ -26,11 +50,28 @@ def test_benchmark_harness_writes_its_reports(tmp_path):
 
 
 def test_benchmark_measures_peak_memory_with_and_without_checkpointing(tmp_path):
-    benchmark.main([
-        "--cases", "tiny-image", "--models", "mixer", "--modes", "train", "--rounds", "1", "--warmup", "1",
-        "--batch_size", "4", "--checkpointing_case", "tiny-image", "--checkpointing_batch_size", "4",
-        "--output_dir", str(tmp_path),
-    ])
+    benchmark.main(
+        [
+            "--cases",
+            "tiny-image",
+            "--models",
+            "mixer",
+            "--modes",
+            "train",
+            "--rounds",
+            "1",
+            "--warmup",
+            "1",
+            "--batch_size",
+            "4",
+            "--checkpointing_case",
+            "tiny-image",
+            "--checkpointing_batch_size",
+            "4",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     report = json.loads((tmp_path / "benchmark.json").read_text())
     assert report["results"][0]["peak_memory_mib"] >= 0
     assert set(report["checkpointing_memory_mib"]) == {"False", "True"}
@@ -46,8 +87,20 @@ def test_analytic_flops_of_b16_match_the_paper_scale():
 def test_profile_groups_every_operator_of_a_step(tmp_path):
     import profile_step
 
-    profile_step.main(["--case", "tiny-image", "--models", "mixer,timm", "--steps", "2", "--warmup", "1",
-                       "--output_dir", str(tmp_path)])
+    profile_step.main(
+        [
+            "--case",
+            "tiny-image",
+            "--models",
+            "mixer,timm",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     results = json.loads((tmp_path / "profile.json").read_text())["results"]
     for name in ("mixer", "timm"):
         groups = results[name]["groups_ms"]

@@ -106,8 +106,13 @@ def test_variant_is_inferred_and_checked():
 
 def test_cli_folder_loads_and_matches_timm(s32):
     reference, _, folder = s32
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "configuration_mixer.py",
-            "modeling_mixer.py"} <= {p.name for p in folder.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "configuration_mixer.py",
+        "modeling_mixer.py",
+    } <= {p.name for p in folder.iterdir()}
     model = MixerForImageClassification.from_pretrained(folder).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(pixels()).logits, reference(pixels()), rtol=1e-5, atol=1e-5)
@@ -127,9 +132,14 @@ def test_headless_timm_model():
 def write_flax_npz(reference, path):
     """The official checkpoint layout, written by hand from a timm model: Flax names, (in, out) and HWIO kernels."""
     sd = {k: v.numpy() for k, v in reference.state_dict().items()}
-    arrays = {"stem/kernel": sd["stem.proj.weight"].transpose(2, 3, 1, 0), "stem/bias": sd["stem.proj.bias"],
-              "pre_head_layer_norm/scale": sd["norm.weight"], "pre_head_layer_norm/bias": sd["norm.bias"],
-              "head/kernel": sd["head.weight"].T, "head/bias": sd["head.bias"]}
+    arrays = {
+        "stem/kernel": sd["stem.proj.weight"].transpose(2, 3, 1, 0),
+        "stem/bias": sd["stem.proj.bias"],
+        "pre_head_layer_norm/scale": sd["norm.weight"],
+        "pre_head_layer_norm/bias": sd["norm.bias"],
+        "head/kernel": sd["head.weight"].T,
+        "head/bias": sd["head.bias"],
+    }
     for i in range(len(reference.blocks)):
         for flax, ours in [("LayerNorm_0", "norm1"), ("LayerNorm_1", "norm2")]:
             arrays[f"MixerBlock_{i}/{flax}/scale"] = sd[f"blocks.{i}.{ours}.weight"]
@@ -151,7 +161,9 @@ def test_jax_npz_converts_with_tanh_gelu(tmp_path):
     state_dict = model.state_dict()
     for key, value in from_timm.state_dict().items():
         assert torch.equal(state_dict[key], value), key
-    convert.main(["--source", "jax", "--checkpoint", str(tmp_path / "Mixer-S_16.npz"), "--output", str(tmp_path / "o")])
+    convert.main(
+        ["--source", "jax", "--checkpoint", str(tmp_path / "Mixer-S_16.npz"), "--output", str(tmp_path / "o")]
+    )
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "o").eval()
     assert loaded.config.hidden_act == "gelu_pytorch_tanh"
     with torch.no_grad():
@@ -229,7 +241,9 @@ def test_jax_mismatch_is_named_in_flax_terms(tmp_path):
     arrays["MixerBlock_0/token_mixing/Dense_1/kernel"] = arrays["MixerBlock_0/token_mixing/Dense_1/kernel"].T
     np.savez(tmp_path / "broken.npz", **arrays)
     with pytest.raises(convert.CheckpointMismatchError) as error:
-        convert.main(["--source", "jax", "--checkpoint", str(tmp_path / "broken.npz"), "--output", str(tmp_path / "o")])
+        convert.main(
+            ["--source", "jax", "--checkpoint", str(tmp_path / "broken.npz"), "--output", str(tmp_path / "o")]
+        )
     assert str(error.value).splitlines()[1:] == [
         "missing keys: MixerBlock_2/LayerNorm_1/scale",
         "wrong shapes: MixerBlock_0/token_mixing/Dense_1/kernel (49, 256) (expected (256, 49))",
@@ -311,8 +325,9 @@ def test_processor_matches_timm_eval_transform(s32, tmp_path, tag, preprocessing
 
 
 def test_resize_token_mixing_tiles_the_image(tmp_path):
-    config = MixerConfig(hidden_size=64, num_hidden_layers=3, tokens_mlp_dim=32, channels_mlp_dim=128, patch_size=16,
-                         num_labels=5)
+    config = MixerConfig(
+        hidden_size=64, num_hidden_layers=3, tokens_mlp_dim=32, channels_mlp_dim=128, patch_size=16, num_labels=5
+    )
     model = randomize_(MixerForImageClassification(config))
     resized = copy.deepcopy(model).resize_token_mixing(448)
     assert (resized.config.image_size, resized.config.tokens_mlp_dim, resized.config.num_tokens) == (448, 128, 784)
@@ -335,23 +350,35 @@ def test_resize_token_mixing_tiles_the_image(tmp_path):
         assert torch.equal(reloaded.state_dict()[key], value), key
 
     # The new size goes through the config's own checks (StrictDataclassError, as for MixerConfig(image_size=...)).
-    with pytest.raises(StrictDataclassError, match=r"MixerConfig\.image_size \(230\) must be a multiple of "
-                                                   r"MixerConfig\.patch_size \(16\)"):
+    with pytest.raises(
+        StrictDataclassError,
+        match=r"MixerConfig\.image_size \(230\) must be a multiple of "
+        r"MixerConfig\.patch_size \(16\)",
+    ):
         model.resize_token_mixing(230)
     for bad in (0, (224, 230), (224,), (224, True)):
         with pytest.raises(StrictDataclassError, match="image_size"):
             model.resize_token_mixing(bad)
     assert model.config.image_size == 224 and model.config.tokens_mlp_dim == 32  # unchanged by the refusals
-    text = MixerModel(MixerConfig(modality="text", hidden_size=32, num_hidden_layers=1, tokens_mlp_dim=8,
-                                  channels_mlp_dim=32, max_position_embeddings=16))
+    text = MixerModel(
+        MixerConfig(
+            modality="text",
+            hidden_size=32,
+            num_hidden_layers=1,
+            tokens_mlp_dim=8,
+            channels_mlp_dim=32,
+            max_position_embeddings=16,
+        )
+    )
     with pytest.raises(ValueError, match="resize_token_mixing is for image Mixers, this one has modality='text'"):
         text.resize_token_mixing(448)
 
 
 def test_resize_token_mixing_tiles_a_non_square_grid(tmp_path):
     """224 → 448 × 224 (K_h = 2, K_w = 1): two parts, one above the other, each mixed as the whole image was."""
-    config = MixerConfig(hidden_size=32, num_hidden_layers=2, tokens_mlp_dim=16, channels_mlp_dim=64, patch_size=16,
-                         num_labels=5)
+    config = MixerConfig(
+        hidden_size=32, num_hidden_layers=2, tokens_mlp_dim=16, channels_mlp_dim=64, patch_size=16, num_labels=5
+    )
     model = randomize_(MixerForImageClassification(config))
     resized = copy.deepcopy(model).resize_token_mixing((448, 224))
     config = resized.config
@@ -360,7 +387,9 @@ def test_resize_token_mixing_tiles_a_non_square_grid(tmp_path):
     with torch.no_grad():
         small = model(image, output_hidden_states=True)
         big = resized(image.repeat(1, 1, 2, 1), output_hidden_states=True)  # the image above itself
-    for ours, theirs in zip(big.hidden_states, small.hidden_states, strict=True):  # the grid's halves: rows 0-13, 14-27
+    for ours, theirs in zip(
+        big.hidden_states, small.hidden_states, strict=True
+    ):  # the grid's halves: rows 0-13, 14-27
         torch.testing.assert_close(ours.reshape(2, 196, 32), theirs.expand(2, -1, -1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(big.logits, small.logits, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"shape \(batch_size, 3, 448, 224\).*got \(1, 3, 224, 448\)"):
@@ -398,8 +427,11 @@ def test_resize_token_mixing_resamples_a_trained_model(trained_mixer, tmp_path, 
     resized = copy.deepcopy(model).resize_token_mixing(size)
     config = resized.config
     height, width = (size, size) if isinstance(size, int) else size
-    assert (config.image_height_width, config.num_tokens, config.tokens_mlp_dim) == ((height, width),
-                                                                                     height * width // 16, 32)
+    assert (config.image_height_width, config.num_tokens, config.tokens_mlp_dim) == (
+        (height, width),
+        height * width // 16,
+        32,
+    )
     new_processor = convert.resize_image_processor(copy.deepcopy(processor), size)
     assert new_processor.size == {"height": height, "width": width}
     original, ours = accuracy(model, processor, images, labels), accuracy(resized, new_processor, images, labels)
@@ -411,6 +443,7 @@ def test_resize_token_mixing_resamples_a_trained_model(trained_mixer, tmp_path, 
             embeddings = mixer.mixer.embeddings(processor(images[:100], return_tensors="pt").pixel_values)
             token_mixing = mixer.mixer.layers[0].token_mixing
             return token_mixing.fc1(mixer.mixer.layers[0].token_norm(embeddings).transpose(1, 2))
+
     ratio = pre_activations(resized, new_processor).std() / pre_activations(model, processor).std()
     assert 0.8 < ratio < 1.25, ratio
 
@@ -421,8 +454,18 @@ def test_resize_token_mixing_resamples_a_trained_model(trained_mixer, tmp_path, 
 
 
 def test_evaluate_resize_script(tmp_path, capsys):
-    evaluate_resize.main(["--model", str(TRAINED_MIXER), "--sizes", "36", "--fashion_mnist_dir",
-                          str(FASHION_MNIST_SAMPLE), "--save_dir", str(tmp_path)])
+    evaluate_resize.main(
+        [
+            "--model",
+            str(TRAINED_MIXER),
+            "--sizes",
+            "36",
+            "--fashion_mnist_dir",
+            str(FASHION_MNIST_SAMPLE),
+            "--save_dir",
+            str(tmp_path),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "500 test images: " in printed and "resized to 36 (tokens 81, D_S 32): " in printed, printed
     assert "; the input resized back to 28: " in printed, printed
@@ -449,10 +492,28 @@ def test_resize_image_processor():
 
 
 def test_plot_token_mixing_writes_a_png(tmp_path):
-    config = MixerConfig(hidden_size=32, num_hidden_layers=2, tokens_mlp_dim=20, channels_mlp_dim=64, image_size=64,
-                         patch_size=8, num_labels=3)
+    config = MixerConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        tokens_mlp_dim=20,
+        channels_mlp_dim=64,
+        image_size=64,
+        patch_size=8,
+        num_labels=3,
+    )
     randomize_(MixerForImageClassification(config)).save_pretrained(tmp_path / "model")
-    plot.main(["--model", str(tmp_path / "model"), "--output", str(tmp_path / "units.png"), "--layers", "0", "1",
-               "--columns", "8"])
+    plot.main(
+        [
+            "--model",
+            str(tmp_path / "model"),
+            "--output",
+            str(tmp_path / "units.png"),
+            "--layers",
+            "0",
+            "1",
+            "--columns",
+            "8",
+        ]
+    )
     with Image.open(tmp_path / "units.png") as png:
         assert png.format == "PNG" and png.width > 100 and png.height > 100

@@ -25,11 +25,32 @@ TINY_HEADS = {
 }
 
 
-TINY_MLM = ["--tokenizer_type", "char", "--max_seq_length", "32", "--config_overrides",
-            "hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=32,channels_mlp_dim=64",
-            "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32", "--max_eval_samples", "32",
-            "--learning_rate", "5e-3", "--logging_steps", "2", "--eval_steps", "1000", "--save_strategy", "no",
-            "--fill_mask_examples", "0", "--disable_tqdm", "true"]
+TINY_MLM = [
+    "--tokenizer_type",
+    "char",
+    "--max_seq_length",
+    "32",
+    "--config_overrides",
+    "hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=32,channels_mlp_dim=64",
+    "--per_device_train_batch_size",
+    "16",
+    "--per_device_eval_batch_size",
+    "32",
+    "--max_eval_samples",
+    "32",
+    "--learning_rate",
+    "5e-3",
+    "--logging_steps",
+    "2",
+    "--eval_steps",
+    "1000",
+    "--save_strategy",
+    "no",
+    "--fill_mask_examples",
+    "0",
+    "--disable_tqdm",
+    "true",
+]
 
 
 def torchrun(*args, nproc=2, timeout=300) -> subprocess.CompletedProcess:
@@ -37,11 +58,19 @@ def torchrun(*args, nproc=2, timeout=300) -> subprocess.CompletedProcess:
     `torchrun --standalone` (a free port), stopped with SIGTERM if it outlasts `timeout`: torchrun then stops its
     workers, which run in sessions of their own (SIGKILL to torchrun would leave them running).
     """
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               *map(str, args)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        *map(str, args),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                          env=env) as process:
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env
+    ) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -67,7 +96,12 @@ def test_fsdp2_shards_each_head_and_matches_one_process_on_the_whole_batches(tmp
                 kind, local_shape = shards[name]
                 rows = -(-param.shape[0] // 2)  # FSDP2 pads dim 0 to a multiple of the world size
                 assert kind == "DTensor" and local_shape[0] <= rows and local_shape[1:] == param.shape[1:], (
-                    head, name, rank, kind, local_shape)
+                    head,
+                    name,
+                    rank,
+                    kind,
+                    local_shape,
+                )
         # One process, whole batches: the same losses and, gathered from the shards, the same weights.
         optim = fsdp2_worker.optimizer(reference)
         losses = []
@@ -95,28 +129,42 @@ def test_fsdp2_shards_each_head_and_matches_one_process_on_the_whole_batches(tmp
         reloaded = model_class.from_pretrained(tmp_path / "plain" / head).eval()
         inputs = {k: v for k, v in fsdp2_worker.batches(head, reference.config)[0].items() if k != "labels"}
         with torch.no_grad():
-            torch.testing.assert_close(reloaded(**inputs).logits, reference.eval()(**inputs).logits,
-                                       rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                reloaded(**inputs).logits, reference.eval()(**inputs).logits, rtol=1e-5, atol=1e-5
+            )
         if head == "mlm":
             assert reloaded.lm_head.decoder.weight is reloaded.mixer.embeddings.word_embeddings.weight
 
 
 def test_torchrun_without_use_cpu_stops_at_once_saying_what_to_add(tmp_path, text_files):
-    result = torchrun(ROOT / "scripts" / "run_mlm.py", *TINY_MLM, *text_files, "--max_steps", "4",
-                      "--output_dir", tmp_path / "out")
+    result = torchrun(
+        ROOT / "scripts" / "run_mlm.py", *TINY_MLM, *text_files, "--max_steps", "4", "--output_dir", tmp_path / "out"
+    )
     output = result.stdout + result.stderr
     assert result.returncode != 0
     for rank in (0, 1):  # each process believes it is alone, and says so before it stops
-        assert f"[rank{rank}]: ValueError: 2 processes were launched (WORLD_SIZE=2) but this one trains alone " \
-               "(world size 1)" in output, output[-3000:]
+        assert (
+            f"[rank{rank}]: ValueError: 2 processes were launched (WORLD_SIZE=2) but this one trains alone "
+            "(world size 1)" in output
+        ), output[-3000:]
     assert "add --use_cpu: on a machine without GPUs" in output
     assert not (tmp_path / "out").exists()  # stopped before it wrote anything
 
 
 def test_mlm_on_two_cpu_processes_shares_the_work(tmp_path, text_files):
     output_dir = tmp_path / "ddp"
-    result = torchrun(ROOT / "scripts" / "run_mlm.py", *TINY_MLM, *text_files, "--max_steps", "6", "--use_cpu",
-                      "--log_level", "info", "--output_dir", output_dir)
+    result = torchrun(
+        ROOT / "scripts" / "run_mlm.py",
+        *TINY_MLM,
+        *text_files,
+        "--max_steps",
+        "6",
+        "--use_cpu",
+        "--log_level",
+        "info",
+        "--output_dir",
+        output_dir,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     for rank in (0, 1):
@@ -130,25 +178,57 @@ def test_mlm_on_two_cpu_processes_shares_the_work(tmp_path, text_files):
     assert pipeline("fill-mask", model=str(output_dir))("To be or not to b[MASK]", top_k=1)[0]["token_str"]
 
 
-LAUNCH_VARIABLES = ["WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS",
-                    "SLURM_NTASKS", "ACCELERATE_USE_CPU", "ACCELERATE_USE_FSDP", "MASTER_ADDR", "LOCAL_RANK"]
+LAUNCH_VARIABLES = [
+    "WORLD_SIZE",
+    "OMPI_COMM_WORLD_SIZE",
+    "PMI_SIZE",
+    "MV2_COMM_WORLD_SIZE",
+    "SLURM_STEP_NUM_TASKS",
+    "SLURM_NTASKS",
+    "ACCELERATE_USE_CPU",
+    "ACCELERATE_USE_FSDP",
+    "MASTER_ADDR",
+    "LOCAL_RANK",
+]
 
 
-@pytest.mark.parametrize("env, kwargs, message", [
-    ({"WORLD_SIZE": "2"}, {}, "2 processes were launched (WORLD_SIZE=2) but this one trains alone (world size 1): "
-     "they would repeat each other's work and write over each other's output. To train with all 2, add --use_cpu"),
-    ({"OMPI_COMM_WORLD_SIZE": "4"}, {}, "4 processes were launched (OMPI_COMM_WORLD_SIZE=4) but this one trains "
-     "alone (world size 1)"),
-    ({"SLURM_STEP_NUM_TASKS": "2"}, {"use_cpu": True}, "To train with all 2, srun's tasks do not find each other by "
-     "themselves: run torchrun in each"),
-    ({"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1"}, {}, "`accelerate launch` was asked for several "
-     "processes but started one"),
-    ({}, {"fsdp": True, "fsdp_config": {"transformer_layer_cls_to_wrap": ["MixerLayer"]}, "use_cpu": True},
-     "FSDP was asked for (--fsdp) on CPU processes, where the Trainer and Accelerate do not shard: they would train "
-     "with plain DDP"),
-    ({"ACCELERATE_USE_FSDP": "true"}, {"use_cpu": True}, "FSDP was asked for (ACCELERATE_USE_FSDP=true, an "
-     "accelerate FSDP config) on CPU"),
-])
+@pytest.mark.parametrize(
+    "env, kwargs, message",
+    [
+        (
+            {"WORLD_SIZE": "2"},
+            {},
+            "2 processes were launched (WORLD_SIZE=2) but this one trains alone (world size 1): "
+            "they would repeat each other's work and write over each other's output. To train with all 2, add --use_cpu",
+        ),
+        (
+            {"OMPI_COMM_WORLD_SIZE": "4"},
+            {},
+            "4 processes were launched (OMPI_COMM_WORLD_SIZE=4) but this one trains alone (world size 1)",
+        ),
+        (
+            {"SLURM_STEP_NUM_TASKS": "2"},
+            {"use_cpu": True},
+            "To train with all 2, srun's tasks do not find each other by themselves: run torchrun in each",
+        ),
+        (
+            {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1"},
+            {},
+            "`accelerate launch` was asked for several processes but started one",
+        ),
+        (
+            {},
+            {"fsdp": True, "fsdp_config": {"transformer_layer_cls_to_wrap": ["MixerLayer"]}, "use_cpu": True},
+            "FSDP was asked for (--fsdp) on CPU processes, where the Trainer and Accelerate do not shard: they would train "
+            "with plain DDP",
+        ),
+        (
+            {"ACCELERATE_USE_FSDP": "true"},
+            {"use_cpu": True},
+            "FSDP was asked for (ACCELERATE_USE_FSDP=true, an accelerate FSDP config) on CPU",
+        ),
+    ],
+)
 def test_launches_that_would_not_train_together_stop(monkeypatch, tmp_path, env, kwargs, message):
     for name in LAUNCH_VARIABLES:
         monkeypatch.delenv(name, raising=False)
@@ -167,8 +247,14 @@ def test_every_script_stops_before_it_reads_data(monkeypatch, tmp_path, script):
     main = importlib.import_module(script).main
     message = "2 processes were launched (WORLD_SIZE=2) but this one trains alone"
     with pytest.raises(ValueError, match=re.escape(message)):
-        main(["--output_dir", str(tmp_path / "out"), "--train_file" if script != "run_image_classification" else
-              "--train_dir", str(tmp_path / "missing")])  # a missing file: the data would be the next error
+        main(
+            [
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--train_file" if script != "run_image_classification" else "--train_dir",
+                str(tmp_path / "missing"),
+            ]
+        )  # a missing file: the data would be the next error
     assert not (tmp_path / "out").exists()
 
 
@@ -187,13 +273,18 @@ def test_the_shipped_accelerate_fsdp_config_wraps_each_mixer_layer_and_stops_on_
     from accelerate.utils import FullyShardedDataParallelPlugin
     from accelerate.utils.launch import prepare_multi_gpu_env
 
-    args = launch_command_parser().parse_args(["--config_file", str(ROOT / "scripts" / "accelerate_fsdp.yaml"),
-                                               "scripts/run_mlm.py"])
+    args = launch_command_parser().parse_args(
+        ["--config_file", str(ROOT / "scripts" / "accelerate_fsdp.yaml"), "scripts/run_mlm.py"]
+    )
     args, _, _ = _validate_launch_command(args)
     assert args.use_fsdp and args.num_processes == 2
     env = prepare_multi_gpu_env(args)
-    assert (env["ACCELERATE_USE_FSDP"], env["FSDP_VERSION"], env["FSDP_TRANSFORMER_CLS_TO_WRAP"],
-            env["FSDP_STATE_DICT_TYPE"]) == ("true", "2", "MixerLayer", "FULL_STATE_DICT")
+    assert (
+        env["ACCELERATE_USE_FSDP"],
+        env["FSDP_VERSION"],
+        env["FSDP_TRANSFORMER_CLS_TO_WRAP"],
+        env["FSDP_STATE_DICT_TYPE"],
+    ) == ("true", "2", "MixerLayer", "FULL_STATE_DICT")
     for name in LAUNCH_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
@@ -205,6 +296,8 @@ def test_the_shipped_accelerate_fsdp_config_wraps_each_mixer_layer_and_stops_on_
     plugin.set_auto_wrap_policy(model)
     wrapped = [name for name, module in model.named_modules() if plugin.auto_wrap_policy(module, False, 0)]
     assert wrapped == ["mixer.layers.0", "mixer.layers.1"]
-    with pytest.raises(ValueError, match=re.escape("FSDP was asked for (ACCELERATE_USE_FSDP=true, an accelerate FSDP "
-                                                   "config) on CPU processes")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("FSDP was asked for (ACCELERATE_USE_FSDP=true, an accelerate FSDP config) on CPU processes"),
+    ):
         common.check_processes(TrainingArguments(tmp_path, report_to="none", use_cpu=True))

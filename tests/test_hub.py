@@ -43,17 +43,25 @@ def work(tmp_path_factory):
 def env(hub, work, tmp_path_factory):
     """The environment of every push and pull: the test Hub, a dummy token, online, one fresh HF_HOME."""
     return {
-        **os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": "dummy", "HF_HUB_OFFLINE": "0",
-        "HF_HOME": str(tmp_path_factory.mktemp("hf-home")), "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1", "WORK": str(work),
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_TOKEN": "dummy",
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(tmp_path_factory.mktemp("hf-home")),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "NO_PROXY": "127.0.0.1",
+        "no_proxy": "127.0.0.1",
+        "WORK": str(work),
     }
 
 
 def run_with_package(code: str, env: dict) -> str:
     """Runs `code` in a fresh process that imports this project (from the checkout, installed or not)."""
     env = {**env, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts")])}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=env["WORK"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=env["WORK"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -130,9 +138,14 @@ def test_push_publishes_complete_repos(hub, pushed):
         assert files[name] == (ROOT / name).read_bytes()
     config = json.loads(files["config.json"])
     assert config["auto_map"] == MIXER_AUTO_MAP and config["model_type"] == "mlp-mixer"
-    assert sorted(config["auto_map"]) == ["AutoConfig", "AutoModel", "AutoModelForImageClassification",
-                                          "AutoModelForMaskedLM", "AutoModelForSequenceClassification",
-                                          "AutoModelForTokenClassification"]
+    assert sorted(config["auto_map"]) == [
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForImageClassification",
+        "AutoModelForMaskedLM",
+        "AutoModelForSequenceClassification",
+        "AutoModelForTokenClassification",
+    ]
 
     image = hub.files(IMAGE)
     for name in ["model.safetensors", "config.json", "preprocessor_config.json", "README.md", *SOURCES]:
@@ -218,8 +231,11 @@ def test_trainer_push_to_hub(hub, trained):
     assert "generated_from_trainer" in card.data.tags
     assert card.data.datasets == ["user/toy-images"] and card.data.metrics == ["accuracy"]
     [result] = card.data.eval_results
-    assert (result.task_type, result.dataset_type, result.metric_type) == ("image-classification",
-                                                                           "user/toy-images", "accuracy")
+    assert (result.task_type, result.dataset_type, result.metric_type) == (
+        "image-classification",
+        "user/toy-images",
+        "accuracy",
+    )
     assert result.metric_value == metrics["eval_accuracy"]
 
 
@@ -236,9 +252,12 @@ def test_model_card_pushed_after_trainer(hub, trained):
     assert data.model_name == "mixer-trained"
     results = {r.metric_type: r for r in data.eval_results}
     assert {k: r.metric_value for k, r in results.items()} == {
-        "loss": metrics["eval_loss"], "accuracy": metrics["eval_accuracy"]}
+        "loss": metrics["eval_loss"],
+        "accuracy": metrics["eval_accuracy"],
+    }
     assert {(r.task_type, r.dataset_type, r.dataset_name, r.dataset_split) for r in results.values()} == {
-        ("image-classification", "user/toy-images", "toy images", "validation")}
+        ("image-classification", "user/toy-images", "toy images", "validation")
+    }
     assert model_card.usage_snippet(TRAINED, "image-classification") in text
     assert "AutoModelForImageClassification.from_pretrained(repo, trust_remote_code=True)" in text
     assert "### Training hyperparameters" in text  # Trainer's body is kept, one sentence mended:
@@ -248,15 +267,29 @@ def test_model_card_pushed_after_trainer(hub, trained):
 
 def test_write_model_card_alone(tmp_path):
     """No card there yet: a short body with the snippet; a second call changes nothing."""
-    card = model_card.write_model_card(tmp_path, "user/m", "fill-mask", metrics={"eval_loss": 2.5, "epoch": 1.0,
-                                       "eval_perplexity": 12.2, "eval_runtime": 0.1}, dataset="user/text")
+    card = model_card.write_model_card(
+        tmp_path,
+        "user/m",
+        "fill-mask",
+        metrics={"eval_loss": 2.5, "epoch": 1.0, "eval_perplexity": 12.2, "eval_runtime": 0.1},
+        dataset="user/text",
+    )
     assert ModelCard.load(tmp_path / "README.md").data.to_dict() == card.data.to_dict()
     assert card.data.to_dict()["tags"] == ["mlp-mixer", "fill-mask"] and card.data.metrics == ["perplexity"]
     assert sorted((r.metric_type, r.metric_value) for r in card.data.eval_results) == [
-        ("loss", 2.5), ("perplexity", 12.2)]
+        ("loss", 2.5),
+        ("perplexity", 12.2),
+    ]
     assert card.text.count("## Usage") == 1 and "AutoModelForMaskedLM.from_pretrained(repo" in card.text
-    assert str(model_card.write_model_card(tmp_path, "user/m", "fill-mask", metrics={"eval_loss": 2.5, "epoch": 1.0,
-               "eval_perplexity": 12.2, "eval_runtime": 0.1}, dataset="user/text")) == str(card)
+    assert str(
+        model_card.write_model_card(
+            tmp_path,
+            "user/m",
+            "fill-mask",
+            metrics={"eval_loss": 2.5, "epoch": 1.0, "eval_perplexity": 12.2, "eval_runtime": 0.1},
+            dataset="user/text",
+        )
+    ) == str(card)
     bare = model_card.write_model_card(tmp_path / "bare", "user/m", "image-classification", metrics={"eval_loss": 1})
     assert bare.data.eval_results is None and bare.data.datasets is None  # no dataset: no model-index
     with pytest.raises(ValueError, match="task must be one of"):

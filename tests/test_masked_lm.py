@@ -7,8 +7,17 @@ import torch.nn.functional as F
 from configuration_mixer import MixerConfig
 from modeling_mixer import MixerForMaskedLM
 
-TINY_TEXT = dict(modality="text", vocab_size=60, max_position_embeddings=16, hidden_size=32, num_hidden_layers=2,
-                 tokens_mlp_dim=16, channels_mlp_dim=64, pad_token_id=0, sparse_prediction=True)
+TINY_TEXT = dict(
+    modality="text",
+    vocab_size=60,
+    max_position_embeddings=16,
+    hidden_size=32,
+    num_hidden_layers=2,
+    tokens_mlp_dim=16,
+    channels_mlp_dim=64,
+    pad_token_id=0,
+    sparse_prediction=True,
+)
 
 
 def masked_batch(seed, share, batch=4, length=16):

@@ -17,10 +17,25 @@ from configuration_mixer import MIXER_VARIANTS, MixerConfig
 from helpers import run_without_package
 from modeling_mixer import MixerForImageClassification, MixerForMaskedLM, MixerModel, MixerTokenMixingMLP
 
-TINY_IMAGE = dict(hidden_size=32, num_hidden_layers=2, tokens_mlp_dim=16, channels_mlp_dim=64, image_size=32,
-                  patch_size=8, num_channels=3)
-TINY_TEXT = dict(modality="text", vocab_size=50, max_position_embeddings=12, hidden_size=32, num_hidden_layers=2,
-                 tokens_mlp_dim=16, channels_mlp_dim=64, pad_token_id=0)
+TINY_IMAGE = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    tokens_mlp_dim=16,
+    channels_mlp_dim=64,
+    image_size=32,
+    patch_size=8,
+    num_channels=3,
+)
+TINY_TEXT = dict(
+    modality="text",
+    vocab_size=50,
+    max_position_embeddings=12,
+    hidden_size=32,
+    num_hidden_layers=2,
+    tokens_mlp_dim=16,
+    channels_mlp_dim=64,
+    pad_token_id=0,
+)
 
 
 def image_model(**overrides):
@@ -102,8 +117,12 @@ def test_hidden_states_and_tuple_outputs():
     "num_labels, labels, problem_type, reference",
     [
         (3, torch.tensor([0, 2]), "single_label_classification", lambda logits, y: F.cross_entropy(logits, y)),
-        (3, torch.tensor([[1.0, 0, 1], [0, 1, 0]]), "multi_label_classification",
-         lambda logits, y: F.binary_cross_entropy_with_logits(logits, y)),
+        (
+            3,
+            torch.tensor([[1.0, 0, 1], [0, 1, 0]]),
+            "multi_label_classification",
+            lambda logits, y: F.binary_cross_entropy_with_logits(logits, y),
+        ),
         (1, torch.tensor([0.5, -1.0]), "regression", lambda logits, y: F.mse_loss(logits.squeeze(), y)),
     ],
 )
@@ -190,9 +209,13 @@ def test_masked_positions_anywhere_add_nothing_and_left_padding_warns_once(caplo
     other_ids = torch.where(mask.bool(), ids, torch.randint(1, 50, ids.shape))  # other tokens where masked
     logging.warning_once.cache_clear()  # transformers warns once per process
     with caplog.at_level("WARNING", logger="modeling_mixer"):
-        out, other = (model.mixer(input_ids=i, attention_mask=mask, output_hidden_states=True) for i in (ids, other_ids))
+        out, other = (
+            model.mixer(input_ids=i, attention_mask=mask, output_hidden_states=True) for i in (ids, other_ids)
+        )
     real = mask.bool()
-    for h, h_other in zip(out.hidden_states[1:] + (out.last_hidden_state,), other.hidden_states[1:] + (other.last_hidden_state,)):
+    for h, h_other in zip(
+        out.hidden_states[1:] + (out.last_hidden_state,), other.hidden_states[1:] + (other.last_hidden_state,)
+    ):
         torch.testing.assert_close(h[real], h_other[real], rtol=0, atol=0)
     torch.testing.assert_close(out.pooler_output, other.pooler_output, rtol=0, atol=0)
     # Left padding moves the real tokens to other positions: the same tokens, padded on the right, differ.
@@ -207,11 +230,17 @@ def test_masked_positions_anywhere_add_nothing_and_left_padding_warns_once(caplo
 
 def test_wrong_inputs_raise_clear_errors():
     images, texts = image_model(), text_model()
-    with pytest.raises(ValueError, match=r"pixel_values must have shape \(batch_size, 3, 32, 32\).*got \(1, 3, 64, 64\)"):
+    with pytest.raises(
+        ValueError, match=r"pixel_values must have shape \(batch_size, 3, 32, 32\).*got \(1, 3, 64, 64\)"
+    ):
         images(torch.randn(1, 3, 64, 64))
-    with pytest.raises(ValueError, match=r"pixel_values must have shape \(batch_size, 3, 32, 32\).*got \(1, 1, 32, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"pixel_values must have shape \(batch_size, 3, 32, 32\).*got \(1, 1, 32, 32\)"
+    ):
         images(torch.randn(1, 1, 32, 32))
-    with pytest.raises(ValueError, match=r"image model \(modality='image'\): pass pixel_values only, got \['input_ids'\]"):
+    with pytest.raises(
+        ValueError, match=r"image model \(modality='image'\): pass pixel_values only, got \['input_ids'\]"
+    ):
         images.mixer(input_ids=torch.ones(1, 4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"text model \(modality='text'\).*got \['pixel_values'\]"):
         texts.mixer(pixel_values=torch.randn(1, 3, 32, 32))
@@ -221,9 +250,14 @@ def test_wrong_inputs_raise_clear_errors():
         texts(torch.ones(1, 13, dtype=torch.long))
     with pytest.raises(ValueError, match=r"attention_mask must have shape .* = \(2, 5\), got \(2, 6\)"):
         texts(torch.ones(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 6))
-    with pytest.raises(ValueError, match=r"inputs_embeds must be .* \(batch_size, sequence_length, 32\), got torch.float32 of shape \(1, 4, 31\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"inputs_embeds must be .* \(batch_size, sequence_length, 32\), got torch.float32 of shape \(1, 4, 31\)",
+    ):
         texts(inputs_embeds=torch.randn(1, 4, 31))
-    with pytest.raises(TypeError, match=r"input_ids must be int64 or int32 token ids .* got torch.float32 of shape \(1, 4\)"):
+    with pytest.raises(
+        TypeError, match=r"input_ids must be int64 or int32 token ids .* got torch.float32 of shape \(1, 4\)"
+    ):
         texts(torch.ones(1, 4))
     with pytest.raises(ValueError, match=r"input_ids must lie in \[0, vocab_size=50\), got values from 0 to 50"):
         texts(torch.tensor([[0, 50]]))
@@ -235,7 +269,10 @@ def test_wrong_inputs_raise_clear_errors():
         images(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(TypeError, match="pixel_values must be a torch.Tensor, got ndarray"):
         images(torch.zeros(1, 3, 32, 32).numpy())
-    with pytest.raises(ValueError, match=r"image model \(modality='image'\): pass pixel_values only, got \['pixel_values', 'attention_mask'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"image model \(modality='image'\): pass pixel_values only, got \['pixel_values', 'attention_mask'\]",
+    ):
         images.mixer(pixel_values=torch.zeros(1, 3, 32, 32), attention_mask=torch.ones(1, 16))
     with pytest.raises(ValueError, match="MixerForMaskedLM needs modality='text', got 'image'"):
         MixerForMaskedLM(MixerConfig(**TINY_IMAGE))
@@ -328,8 +365,15 @@ def test_trainer_reduces_the_loss(tmp_path):
     dataset = [{"pixel_values": x, "labels": y} for x, y in zip(pixels, labels)]
     model = image_model(num_labels=4).train()
     args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=40, per_device_train_batch_size=32, learning_rate=3e-3,
-        logging_steps=10, use_cpu=True, report_to=[], save_strategy="no", seed=0,
+        output_dir=str(tmp_path),
+        max_steps=40,
+        per_device_train_batch_size=32,
+        learning_rate=3e-3,
+        logging_steps=10,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        seed=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset)
     trainer.train()

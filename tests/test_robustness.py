@@ -69,8 +69,9 @@ def test_corrupt_weights_file_is_refused(saved, damage):
 
 
 def test_config_of_another_model_type_is_refused(tmp_path):
-    BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=64)).save_pretrained(tmp_path)
+    BertForMaskedLM(
+        BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"holds a config of model type 'bert', not 'mlp-mixer'"):
         MixerForMaskedLM.from_pretrained(tmp_path)
 
@@ -89,7 +90,8 @@ def test_weights_of_other_shapes_stop_loading_and_missing_weights_are_reported(s
     assert info["missing_keys"] == {"mixer.layers.1.token_mixing.fc2.weight"}
     assert torch.equal(loaded.mixer.layers[0].token_mixing.fc2.weight, model.mixer.layers[0].token_mixing.fc2.weight)
     assert MixerModel.from_pretrained(folder, output_loading_info=True)[1]["missing_keys"] == {
-        "layers.1.token_mixing.fc2.weight"}
+        "layers.1.token_mixing.fc2.weight"
+    }
 
 
 def test_a_diverged_model_can_be_saved_and_its_training_stops(tmp_path):
@@ -100,32 +102,56 @@ def test_a_diverged_model_can_be_saved_and_its_training_stops(tmp_path):
     assert load_file(tmp_path / "out" / "model.safetensors")["mixer.layers.1.channel_mixing.fc1.weight"][0, 0].isnan()
 
     images = Dataset.from_dict({"pixel_values": torch.randn(8, 3, 32, 32).tolist(), "labels": [0, 1] * 4})
-    args = TrainingArguments(tmp_path / "run", max_steps=3, logging_steps=1, report_to="none", use_cpu=True,
-                             save_strategy="no", per_device_train_batch_size=4)
-    trainer = Trainer(model=model, args=args, train_dataset=images.with_format("torch"),
-                      callbacks=[StopOnDivergence()])
+    args = TrainingArguments(
+        tmp_path / "run",
+        max_steps=3,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        per_device_train_batch_size=4,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=images.with_format("torch"), callbacks=[StopOnDivergence()]
+    )
     # One SGD step spreads the NaN into every weight that it reaches.
-    with pytest.raises(ValueError, match=r"diverged by step 1: NaN or inf in mixer\.embeddings\.projection\.weight, "
-                                         r".* and 22 more\. .*lower --learning_rate"):
+    with pytest.raises(
+        ValueError,
+        match=r"diverged by step 1: NaN or inf in mixer\.embeddings\.projection\.weight, "
+        r".* and 22 more\. .*lower --learning_rate",
+    ):
         trainer.train()
 
 
 # ------------------------------------------------------------------------------------------------ hostile configs
 
 SIZES = {  # always given, small: every valid config is cheap to run
-    "hidden_size": st.integers(1, 8), "num_hidden_layers": st.integers(1, 3), "tokens_mlp_dim": st.integers(1, 8),
-    "channels_mlp_dim": st.integers(1, 8), "image_size": st.sampled_from([4, 8, 12, 16, [8, 4], [4, 12]]),
-    "patch_size": st.sampled_from([1, 2, 4, 8]), "vocab_size": st.integers(1, 9), "max_position_embeddings": st.integers(1, 6),
+    "hidden_size": st.integers(1, 8),
+    "num_hidden_layers": st.integers(1, 3),
+    "tokens_mlp_dim": st.integers(1, 8),
+    "channels_mlp_dim": st.integers(1, 8),
+    "image_size": st.sampled_from([4, 8, 12, 16, [8, 4], [4, 12]]),
+    "patch_size": st.sampled_from([1, 2, 4, 8]),
+    "vocab_size": st.integers(1, 9),
+    "max_position_embeddings": st.integers(1, 6),
 }
 OTHERS = {
-    "num_channels": st.integers(1, 3), "pad_token_id": st.one_of(st.none(), st.integers(0, 9)),
+    "num_channels": st.integers(1, 3),
+    "pad_token_id": st.one_of(st.none(), st.integers(0, 9)),
     "hidden_act": st.sampled_from(["gelu", "gelu_pytorch_tanh", "relu", "nope"]),
-    "modality": st.sampled_from(["image", "text", "audio"]), "layer_norm_eps": st.floats(0, 1e-3),
-    "hidden_dropout_prob": st.floats(0, 1.5), "drop_path_rate": st.floats(0, 1.5),
+    "modality": st.sampled_from(["image", "text", "audio"]),
+    "layer_norm_eps": st.floats(0, 1e-3),
+    "hidden_dropout_prob": st.floats(0, 1.5),
+    "drop_path_rate": st.floats(0, 1.5),
 }
 # Now and then an odd value: zero or negative, a string, a bool, NaN, a list.
-ODD_VALUES = st.one_of(st.integers(-2, 0), st.text(max_size=3), st.booleans(), st.floats(allow_nan=True),
-                       st.lists(st.integers(), max_size=2))
+ODD_VALUES = st.one_of(
+    st.integers(-2, 0),
+    st.text(max_size=3),
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.lists(st.integers(), max_size=2),
+)
 
 
 def mostly(values):
@@ -133,8 +159,12 @@ def mostly(values):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.fixed_dictionaries({name: mostly(values) for name, values in SIZES.items()},
-                             optional={name: mostly(values) for name, values in OTHERS.items()}))
+@given(
+    st.fixed_dictionaries(
+        {name: mostly(values) for name, values in SIZES.items()},
+        optional={name: mostly(values) for name, values in OTHERS.items()},
+    )
+)
 def test_every_config_is_refused_clearly_or_runs(kwargs):
     try:
         config = MixerConfig(**kwargs)
@@ -165,6 +195,7 @@ TEXT = MixerModel(MixerConfig(**TINY_TEXT)).eval()
 @st.composite
 def model_inputs(draw):
     """Inputs for IMAGE or TEXT: mostly of the right kind, shape and dtype, often a step away from it."""
+
     def mostly(right, anything):  # the right choice three times in four
         return draw(st.sampled_from(right)) if draw(st.integers(0, 3)) else draw(st.sampled_from(anything))
 
@@ -172,7 +203,9 @@ def model_inputs(draw):
     arguments = ["pixel_values", "input_ids", "inputs_embeds"]
     argument = mostly(["pixel_values"] if modality == "image" else ["input_ids", "inputs_embeds"], arguments)
     batch, length = draw(st.integers(0, 3)), draw(st.integers(0, 14))
-    shape = {"pixel_values": [batch, 3, 32, 32], "input_ids": [batch, length], "inputs_embeds": [batch, length, 32]}[argument]
+    shape = {"pixel_values": [batch, 3, 32, 32], "input_ids": [batch, length], "inputs_embeds": [batch, length, 32]}[
+        argument
+    ]
     change = mostly(["none"], ["drop a dim", "add a dim", "change a dim"])
     if change == "drop a dim":
         del shape[draw(st.integers(0, len(shape) - 1))]

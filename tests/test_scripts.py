@@ -34,14 +34,42 @@ from helpers import FASHION_MNIST_SAMPLE, ROOT, TINY_IMAGES
 from modeling_mixer import MixerForImageClassification
 
 TINY_MIXER_TEXT = "hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=32,channels_mlp_dim=64"
-TINY_MLM = ["--config_overrides", TINY_MIXER_TEXT, "--tokenizer_type", "char", "--max_seq_length", "32",
-            "--max_train_samples", "400",
-            "--max_eval_samples", "32", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
-            "--learning_rate", "5e-3", "--logging_steps", "5", "--eval_steps", "1000", "--use_cpu",
-            "--disable_tqdm", "true", "--fill_mask_examples", "2"]
+TINY_MLM = [
+    "--config_overrides",
+    TINY_MIXER_TEXT,
+    "--tokenizer_type",
+    "char",
+    "--max_seq_length",
+    "32",
+    "--max_train_samples",
+    "400",
+    "--max_eval_samples",
+    "32",
+    "--per_device_train_batch_size",
+    "16",
+    "--per_device_eval_batch_size",
+    "32",
+    "--learning_rate",
+    "5e-3",
+    "--logging_steps",
+    "5",
+    "--eval_steps",
+    "1000",
+    "--use_cpu",
+    "--disable_tqdm",
+    "true",
+    "--fill_mask_examples",
+    "2",
+]
 
-TINY_MIXER_IMAGES = ["--config_overrides", "patch_size=7,hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=16,"
-                     "channels_mlp_dim=64", "--max_steps", "60", "--learning_rate", "1e-2"]
+TINY_MIXER_IMAGES = [
+    "--config_overrides",
+    "patch_size=7,hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=16,channels_mlp_dim=64",
+    "--max_steps",
+    "60",
+    "--learning_rate",
+    "1e-2",
+]
 
 
 def losses(output_dir):
@@ -95,9 +123,20 @@ def test_mlm_bert_baseline_from_text_files_with_wordpiece(tmp_path):
     (tmp_path / "train.txt").write_text("".join(texts["train"]["text"][:300]))
     (tmp_path / "valid.txt").write_text("".join(texts["validation"]["text"][:100]))
     output_dir = tmp_path / "bert"
-    args = ["--model_type", "bert", "--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,"
-            "intermediate_size=64", "--tokenizer_type", "wordpiece", "--tokenizer_vocab_size", "400",
-            "--train_file", str(tmp_path / "train.txt"), "--validation_file", str(tmp_path / "valid.txt")]
+    args = [
+        "--model_type",
+        "bert",
+        "--config_overrides",
+        "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
+        "--tokenizer_type",
+        "wordpiece",
+        "--tokenizer_vocab_size",
+        "400",
+        "--train_file",
+        str(tmp_path / "train.txt"),
+        "--validation_file",
+        str(tmp_path / "valid.txt"),
+    ]
     results = run_mlm.main(TINY_MLM[2:] + args + ["--output_dir", str(output_dir), "--max_steps", "50"])
     train_losses = losses(output_dir)
     assert train_losses[-1] < train_losses[0] - 0.3, train_losses
@@ -112,8 +151,21 @@ def test_mlm_bert_baseline_from_text_files_with_wordpiece(tmp_path):
 def test_mlm_default_job_is_subword_and_masks_whole_words(tmp_path, capsys):
     """The main job's tokenizer and block length (WordPiece, 128 tokens), on a tiny model and a slice of the data."""
     args = TINY_MLM[:2] + TINY_MLM[6:]  # without --tokenizer_type char --max_seq_length 32
-    results = run_mlm.main(args + ["--tokenizer_vocab_size", "1000", "--output_dir", str(tmp_path), "--max_steps", "20",
-                                   "--per_device_train_batch_size", "8", "--fill_mask_examples", "3"])
+    results = run_mlm.main(
+        args
+        + [
+            "--tokenizer_vocab_size",
+            "1000",
+            "--output_dir",
+            str(tmp_path),
+            "--max_steps",
+            "20",
+            "--per_device_train_batch_size",
+            "8",
+            "--fill_mask_examples",
+            "3",
+        ]
+    )
     assert 0 < results["eval_accuracy"] <= 1 and results["eval_samples"] == 32
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     model = AutoModelForMaskedLM.from_pretrained(tmp_path)
@@ -140,7 +192,11 @@ def test_mlm_fnet_baseline_trains(tmp_path):
     assert 0 < results["eval_accuracy"] <= 1
     model = AutoModelForMaskedLM.from_pretrained(tmp_path)
     assert type(model).__name__ == "FNetForMaskedLM" and model.config.hidden_dropout_prob == 0.0
-    assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.max_position_embeddings) == (32, 2, 32)
+    assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.max_position_embeddings) == (
+        32,
+        2,
+        32,
+    )
 
 
 @pytest.mark.parametrize(
@@ -194,8 +250,18 @@ def test_image_classification_recipe_in_bf16_on_the_cpu_keeps_float32_weights(tm
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(MixerForImageClassification, "forward", recording_forward)
-    args = TINY_MIXER_IMAGES + ["--bf16", "true", "--horizontal_flip", "true", "--label_smoothing_factor", "0.1",
-                                "--flip_test_images", "true", "--output_dir", str(tmp_path)]
+    args = TINY_MIXER_IMAGES + [
+        "--bf16",
+        "true",
+        "--horizontal_flip",
+        "true",
+        "--label_smoothing_factor",
+        "0.1",
+        "--flip_test_images",
+        "true",
+        "--output_dir",
+        str(tmp_path),
+    ]
     results = run_image_classification.main(TINY_IMAGES + args)
     assert results["test_accuracy"] > 0.25, results  # chance is 0.1
     train_losses = losses(tmp_path)
@@ -206,10 +272,24 @@ def test_image_classification_recipe_in_bf16_on_the_cpu_keeps_float32_weights(tm
 
 def test_image_classification_vit_from_image_folders_with_mixup_and_randaugment(image_folders):
     output_dir = image_folders / "vit"
-    args = ["--model_type", "vit", "--config_overrides", "patch_size=7,hidden_size=32,num_hidden_layers=1,"
-            "num_attention_heads=2,intermediate_size=64", "--train_dir", str(image_folders / "train"),
-            "--validation_dir", str(image_folders / "val"), "--mixup_alpha", "0.2", "--rand_augment_magnitude", "9",
-            "--max_steps", "15", "--output_dir", str(output_dir)]
+    args = [
+        "--model_type",
+        "vit",
+        "--config_overrides",
+        "patch_size=7,hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
+        "--train_dir",
+        str(image_folders / "train"),
+        "--validation_dir",
+        str(image_folders / "val"),
+        "--mixup_alpha",
+        "0.2",
+        "--rand_augment_magnitude",
+        "9",
+        "--max_steps",
+        "15",
+        "--output_dir",
+        str(output_dir),
+    ]
     results = run_image_classification.main(TINY_IMAGES + args)
     assert 0 <= results["eval_accuracy"] <= 1 and "test_accuracy" not in results and results["eval_samples"] > 10
     model = AutoModelForImageClassification.from_pretrained(output_dir)
@@ -220,11 +300,21 @@ def test_image_classification_vit_from_image_folders_with_mixup_and_randaugment(
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_mixup_loss_mixes_the_labels_and_smooths_them(tmp_path, smoothing):
     """The mixup loss: lam · CE(y) + (1 - lam) · CE(y'), each against labels smoothed as the Trainer smooths them."""
-    model = MixerForImageClassification(MixerConfig(image_size=8, patch_size=4, hidden_size=8, num_hidden_layers=1,
-                                                    tokens_mlp_dim=4, channels_mlp_dim=8, num_labels=3)).train()
+    model = MixerForImageClassification(
+        MixerConfig(
+            image_size=8,
+            patch_size=4,
+            hidden_size=8,
+            num_hidden_layers=1,
+            tokens_mlp_dim=4,
+            channels_mlp_dim=8,
+            num_labels=3,
+        )
+    ).train()
     torch.nn.init.normal_(model.classifier.weight)  # starts at zero: every label would cost log 3 alike
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, label_smoothing_factor=smoothing,
-                             report_to="none")
+    args = TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, label_smoothing_factor=smoothing, report_to="none"
+    )
     trainer = run_image_classification.ImageClassificationTrainer(model=model, args=args, mixup_alpha=0.4)
     inputs = {"pixel_values": torch.randn(6, 3, 8, 8), "labels": torch.tensor([0, 1, 2, 0, 1, 2])}
     torch.manual_seed(0)
@@ -240,8 +330,17 @@ def test_mixup_loss_mixes_the_labels_and_smooths_them(tmp_path, smoothing):
 
 def test_flip_test_images_averages_the_logits_of_each_image_and_its_mirror(tmp_path):
     """--flip_test_images: evaluation sees the mean of the logits of x and of x mirrored left to right."""
-    model = MixerForImageClassification(MixerConfig(image_size=8, patch_size=4, hidden_size=8, num_hidden_layers=1,
-                                                    tokens_mlp_dim=4, channels_mlp_dim=8, num_labels=3)).eval()
+    model = MixerForImageClassification(
+        MixerConfig(
+            image_size=8,
+            patch_size=4,
+            hidden_size=8,
+            num_hidden_layers=1,
+            tokens_mlp_dim=4,
+            channels_mlp_dim=8,
+            num_labels=3,
+        )
+    ).eval()
     torch.nn.init.normal_(model.classifier.weight)
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, label_smoothing_factor=0.1, report_to="none")
     trainer = run_image_classification.ImageClassificationTrainer(model=model, args=args, flip_test_images=True)
@@ -252,8 +351,9 @@ def test_flip_test_images_averages_the_logits_of_each_image_and_its_mirror(tmp_p
         plain, mirrored = model(pixel_values).logits, model(mirror).logits
     assert not torch.allclose(plain, mirrored)  # the mirror changes the logits: the test can tell
     torch.testing.assert_close(logits, (plain + mirrored) / 2)
-    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy((plain + mirrored) / 2, labels,
-                                                                       label_smoothing=0.1))
+    torch.testing.assert_close(
+        loss, torch.nn.functional.cross_entropy((plain + mirrored) / 2, labels, label_smoothing=0.1)
+    )
 
 
 def test_muon_trains_the_layers_matrices_and_adamw_the_rest_as_the_two_torch_optimizers_would(tmp_path):
@@ -261,34 +361,68 @@ def test_muon_trains_the_layers_matrices_and_adamw_the_rest_as_the_two_torch_opt
     --muon through Trainer.train (where Accelerate wraps the optimizer): torch's Muon on the Mixer layers' linear
     weights and AdamW on the rest, each under the Trainer's warm-up and linear decay.
     """
-    model = MixerForImageClassification(MixerConfig(image_size=8, patch_size=4, hidden_size=8, num_hidden_layers=2,
-                                                    tokens_mlp_dim=4, channels_mlp_dim=8, num_labels=3))
+    model = MixerForImageClassification(
+        MixerConfig(
+            image_size=8,
+            patch_size=4,
+            hidden_size=8,
+            num_hidden_layers=2,
+            tokens_mlp_dim=4,
+            channels_mlp_dim=8,
+            num_labels=3,
+        )
+    )
     torch.nn.init.normal_(model.classifier.weight)
     reference = copy.deepcopy(model)
     initial = {name: param.detach().clone() for name, param in model.named_parameters()}
     pixel_values, labels = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, learning_rate=1e-2, weight_decay=0.1,
-                             adam_beta2=0.95, warmup_steps=1, max_steps=4, per_device_train_batch_size=6,
-                             train_sampling_strategy="sequential", max_grad_norm=0, save_strategy="no",
-                             report_to="none")
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        learning_rate=1e-2,
+        weight_decay=0.1,
+        adam_beta2=0.95,
+        warmup_steps=1,
+        max_steps=4,
+        per_device_train_batch_size=6,
+        train_sampling_strategy="sequential",
+        max_grad_norm=0,
+        save_strategy="no",
+        report_to="none",
+    )
     trainer = run_image_classification.ImageClassificationTrainer(
-        model=model, args=args, muon=True,
-        train_dataset=[{"pixel_values": x, "labels": y} for x, y in zip(pixel_values, labels)])
+        model=model,
+        args=args,
+        muon=True,
+        train_dataset=[{"pixel_values": x, "labels": y} for x, y in zip(pixel_values, labels)],
+    )
     trainer.train()
 
-    matrices = {f"mixer.layers.{i}.{mlp}.{fc}.weight" for i in range(2) for mlp in ("token_mixing", "channel_mixing")
-                for fc in ("fc1", "fc2")}
+    matrices = {
+        f"mixer.layers.{i}.{mlp}.{fc}.weight"
+        for i in range(2)
+        for mlp in ("token_mixing", "channel_mixing")
+        for fc in ("fc1", "fc2")
+    }
     muon_params = [p for group in trainer.optimizer.optimizer.optimizers["muon"].param_groups for p in group["params"]]
     assert {name for name, p in model.named_parameters() if any(p is q for q in muon_params)} == matrices
     named = dict(reference.named_parameters())
     decay = trainer.get_decay_parameter_names(reference)
-    muon = torch.optim.Muon([p for n, p in named.items() if n in matrices], lr=1e-2, weight_decay=0.1,
-                            adjust_lr_fn="match_rms_adamw")
-    adamw = torch.optim.AdamW([{"params": [p for n, p in named.items() if n not in matrices and n in decay]},
-                               {"params": [p for n, p in named.items() if n not in matrices and n not in decay],
-                                "weight_decay": 0.0}], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
-    schedules = [get_scheduler("linear", optimizer, num_warmup_steps=1, num_training_steps=4)
-                 for optimizer in (muon, adamw)]
+    muon = torch.optim.Muon(
+        [p for n, p in named.items() if n in matrices], lr=1e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw"
+    )
+    adamw = torch.optim.AdamW(
+        [
+            {"params": [p for n, p in named.items() if n not in matrices and n in decay]},
+            {"params": [p for n, p in named.items() if n not in matrices and n not in decay], "weight_decay": 0.0},
+        ],
+        lr=1e-2,
+        betas=(0.9, 0.95),
+        weight_decay=0.1,
+    )
+    schedules = [
+        get_scheduler("linear", optimizer, num_warmup_steps=1, num_training_steps=4) for optimizer in (muon, adamw)
+    ]
     for _ in range(4):
         reference.zero_grad()
         reference(pixel_values, labels=labels).loss.backward()
@@ -304,25 +438,39 @@ def test_muon_takes_the_vits_encoder_matrices_and_leaves_its_embeddings_and_head
     """The ViT baseline with --muon: the attention and MLP weights of its encoder go to Muon, nothing else."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    model = ViTForImageClassification(ViTConfig(image_size=8, patch_size=4, hidden_size=8, num_hidden_layers=2,
-                                                num_attention_heads=2, intermediate_size=16, num_labels=3))
+    model = ViTForImageClassification(
+        ViTConfig(
+            image_size=8,
+            patch_size=4,
+            hidden_size=8,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=16,
+            num_labels=3,
+        )
+    )
     trainer = run_image_classification.ImageClassificationTrainer(
-        model=model, muon=True, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+        model=model, muon=True, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    )
     optimizers = trainer.create_optimizer().optimizers
-    matrices = {f"vit.{name}.weight" for name, module in model.vit.named_modules()
-                if isinstance(module, torch.nn.Linear)}  # the attention projections and the MLPs, 6 a layer
+    matrices = {
+        f"vit.{name}.weight" for name, module in model.vit.named_modules() if isinstance(module, torch.nn.Linear)
+    }  # the attention projections and the MLPs, 6 a layer
     assert len(matrices) == 12
     names = {p: name for name, p in model.named_parameters()}
     in_muon = {names[p] for group in optimizers["muon"].param_groups for p in group["params"]}
     in_adamw = {names[p] for group in optimizers["adamw"].param_groups for p in group["params"]}
     assert in_muon == matrices
-    assert in_adamw == set(names.values()) - matrices  # the patch projection, cls token, positions, norms, biases, head
+    assert (
+        in_adamw == set(names.values()) - matrices
+    )  # the patch projection, cls token, positions, norms, biases, head
 
 
 def test_muon_with_adamw_evaluates_a_closure_once_for_both_and_returns_its_loss():
     weight, bias = torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.zeros(4))
-    optimizer = run_image_classification.MuonWithAdamW([weight], [{"params": [bias]}], lr=1e-2, weight_decay=0.0,
-                                                       betas=(0.9, 0.95), eps=1e-8)
+    optimizer = run_image_classification.MuonWithAdamW(
+        [weight], [{"params": [bias]}], lr=1e-2, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8
+    )
     calls = []
 
     def closure():
@@ -340,11 +488,21 @@ def test_muon_with_adamw_evaluates_a_closure_once_for_both_and_returns_its_loss(
 
 def test_muon_run_resumed_from_a_checkpoint_ends_with_the_same_weights(tmp_path):
     """The checkpoint holds both optimizers' state (Muon's momentum, AdamW's moments): a resumed run is the same run."""
-    args = TINY_IMAGES + TINY_MIXER_IMAGES + ["--muon", "true", "--max_steps", "8", "--save_strategy", "steps",
-                                              "--save_steps", "4", "--seed", "3"]
+    args = (
+        TINY_IMAGES
+        + TINY_MIXER_IMAGES
+        + ["--muon", "true", "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4", "--seed", "3"]
+    )
     run_image_classification.main(args + ["--output_dir", str(tmp_path / "straight")])
-    run_image_classification.main(args + ["--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint",
-                                          str(tmp_path / "straight" / "checkpoint-4")])
+    run_image_classification.main(
+        args
+        + [
+            "--output_dir",
+            str(tmp_path / "resumed"),
+            "--resume_from_checkpoint",
+            str(tmp_path / "straight" / "checkpoint-4"),
+        ]
+    )
     straight, resumed = (load_file(tmp_path / name / "model.safetensors") for name in ("straight", "resumed"))
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
@@ -365,14 +523,19 @@ def test_image_classification_bad_input_stops_with_a_clear_message(image_folders
         run_image_classification.main(base + ["--dataset_name", "no-such-user/no-such-dataset"])
     (image_folders / "train" / "Trouser" / "broken.png").write_bytes(b"not a png at all")
     with pytest.raises(ValueError, match="Cannot read the image .*broken.png"):
-        run_image_classification.main(base + ["--train_dir", str(image_folders / "train"),
-                                              "--per_device_train_batch_size", "200"])
+        run_image_classification.main(
+            base + ["--train_dir", str(image_folders / "train"), "--per_device_train_batch_size", "200"]
+        )
 
 
 def test_string_labels_get_the_same_ids_in_every_split():
     """A split that lacks a class numbers the others as the training split does (class_encode_column would not)."""
-    raw = DatasetDict({"train": Dataset.from_dict({"label": ["emu", "cat", "dog"]}),
-                       "validation": Dataset.from_dict({"label": ["emu", "dog"]})})
+    raw = DatasetDict(
+        {
+            "train": Dataset.from_dict({"label": ["emu", "cat", "dog"]}),
+            "validation": Dataset.from_dict({"label": ["emu", "dog"]}),
+        }
+    )
     encoded = common.encode_labels(raw, "label")
     assert encoded["validation"].features["label"].names == ["cat", "dog", "emu"]
     assert encoded["train"]["label"] == [2, 0, 1] and encoded["validation"]["label"] == [2, 1]
@@ -382,14 +545,18 @@ def test_local_accuracy_metric_matches_the_hubs():
     accuracy = common.load_metric("accuracy")  # HF_HUB_OFFLINE=1 in the tests: the local module
     assert accuracy.compute(references=[0, 1, 2, 0, 1, 2], predictions=[0, 1, 1, 2, 1, 0]) == {"accuracy": 0.5}
     assert accuracy.compute(references=[0, 1, 2, 0, 1, 2], predictions=[0, 1, 1, 2, 1, 0], normalize=False) == {
-        "accuracy": 3.0}
-    weighted = accuracy.compute(references=[0, 1, 2, 0, 1, 2], predictions=[0, 1, 1, 2, 1, 0],
-                                sample_weight=[0.5, 2, 0.7, 0.5, 9, 0.4])
+        "accuracy": 3.0
+    }
+    weighted = accuracy.compute(
+        references=[0, 1, 2, 0, 1, 2], predictions=[0, 1, 1, 2, 1, 0], sample_weight=[0.5, 2, 0.7, 0.5, 9, 0.4]
+    )
     assert weighted["accuracy"] == pytest.approx(11.5 / 13.1)
     import evaluate
+
     multilabel = evaluate.load(str(common.LOCAL_METRICS / "accuracy"), "multilabel")
     assert multilabel.compute(predictions=[[1, 0], [1, 1], [0, 1]], references=[[1, 0], [1, 1], [1, 1]]) == {
-        "accuracy": 2 / 3}
+        "accuracy": 2 / 3
+    }
 
 
 # run_mlm.py with a callback that holds the run after its first checkpoint, so that the test kills it in the middle
@@ -410,16 +577,30 @@ run_mlm.main(sys.argv[1:])
 
 
 def test_mlm_killed_mid_run_resumes_to_the_same_weights_and_metrics(tmp_path):
-    args = TINY_MLM + ["--max_steps", "24", "--save_strategy", "steps", "--save_steps", "10", "--seed", "7",
-                       "--fill_mask_examples", "0"]
+    args = TINY_MLM + [
+        "--max_steps",
+        "24",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "10",
+        "--seed",
+        "7",
+        "--fill_mask_examples",
+        "0",
+    ]
     straight = run_mlm.main(args + ["--output_dir", str(tmp_path / "straight")])
 
     killed = tmp_path / "killed"
     log = tmp_path / "killed.log"
     with log.open("w") as stderr:
-        process = subprocess.Popen([sys.executable, "-c", PAUSED_AFTER_FIRST_CHECKPOINT, *args, "--output_dir",
-                                    str(killed)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
-                                   env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'scripts'}"})
+        process = subprocess.Popen(
+            [sys.executable, "-c", PAUSED_AFTER_FIRST_CHECKPOINT, *args, "--output_dir", str(killed)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'scripts'}"},
+        )
     try:
         deadline = time.monotonic() + 300
         while not (killed / "paused").exists():
@@ -430,16 +611,19 @@ def test_mlm_killed_mid_run_resumes_to_the_same_weights_and_metrics(tmp_path):
     assert process.wait() == -signal.SIGKILL
     assert (killed / "paused").read_text() == "10" and not (killed / "model.safetensors").exists()
 
-    resumed = run_mlm.main(args + ["--output_dir", str(killed), "--resume_from_checkpoint",
-                                   str(killed / "checkpoint-10")])
+    resumed = run_mlm.main(
+        args + ["--output_dir", str(killed), "--resume_from_checkpoint", str(killed / "checkpoint-10")]
+    )
     weights = [load_file(path / "model.safetensors") for path in (tmp_path / "straight", killed)]
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         torch.testing.assert_close(weights[1][name], weights[0][name], rtol=0, atol=0, msg=name)
     for key in ("eval_loss", "eval_accuracy", "eval_perplexity"):
         assert resumed[key] == straight[key], key
-    history = [json.loads((path / "trainer_state.json").read_text())["log_history"]
-               for path in (tmp_path / "straight", killed)]
+    history = [
+        json.loads((path / "trainer_state.json").read_text())["log_history"]
+        for path in (tmp_path / "straight", killed)
+    ]
     assert [e["loss"] for e in history[1] if "loss" in e] == [e["loss"] for e in history[0] if "loss" in e]
 
 
@@ -452,16 +636,25 @@ def test_mlm_trains_in_bf16_without_nan(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("units, argv, expected", [
-    ("AVX-512 BF16", [], True),  # bf16 matrix units: bf16 autocast by default
-    (None, [], False),  # none: fp32
-    ("AMX", ["--bf16", "false"], False),  # the command line decides when given
-    (None, ["--bf16", "true"], True),
-])
-def test_precision_follows_the_cpu_unless_asked(monkeypatch, caplog, units, argv, expected):
+@pytest.mark.parametrize(
+    "units, argv, expected",
+    [
+        ("AVX-512 BF16", [], True),  # bf16 matrix units: bf16 autocast by default
+        (None, [], False),  # none: fp32
+        ("AMX", ["--bf16", "false"], False),  # the command line decides when given
+        (None, ["--bf16", "true"], True),
+    ],
+)
+def test_precision_follows_the_cpu_unless_asked(tmp_path, monkeypatch, caplog, units, argv, expected):
     monkeypatch.setattr(common, "bf16_matrix_units", lambda: units)
-    args = run_mlm.parse_args(["--use_cpu", *argv])[2]
+    *_, training_args, why = run_mlm.parse_args(
+        ["--use_cpu", "--eval_strategy", "no", "--output_dir", str(tmp_path), *argv]
+    )
     with caplog.at_level("WARNING"):
-        common.choose_precision(args, argv)
-    assert args.bf16 is expected
+        common.log_precision(training_args, why)
     assert ("as asked" if argv else units or "no bf16 matrix units") in caplog.text
+    # What the training runs in: the Trainer's Accelerator, built from these arguments.
+    from transformers import Trainer
+
+    trainer = Trainer(model=torch.nn.Linear(2, 2), args=training_args)
+    assert trainer.accelerator.mixed_precision == ("bf16" if expected else "no")

@@ -19,16 +19,38 @@ from configuration_mixer import MixerConfig
 from helpers import FASHION_MNIST_SAMPLE, ROOT, TINY_IMAGES
 from modeling_mixer import MixerForMaskedLM
 
-TINY_MLM = ["--tokenizer_type", "char", "--max_seq_length", "32", "--config_overrides",
-            "hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=32,channels_mlp_dim=64",
-            "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32", "--max_eval_samples", "64",
-            "--learning_rate", "5e-3", "--logging_steps", "2", "--eval_steps", "1000", "--use_cpu",
-            "--fill_mask_examples", "0", "--disable_tqdm", "true", "--report_to", "none"]
+TINY_MLM = [
+    "--tokenizer_type",
+    "char",
+    "--max_seq_length",
+    "32",
+    "--config_overrides",
+    "hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=32,channels_mlp_dim=64",
+    "--per_device_train_batch_size",
+    "16",
+    "--per_device_eval_batch_size",
+    "32",
+    "--max_eval_samples",
+    "64",
+    "--learning_rate",
+    "5e-3",
+    "--logging_steps",
+    "2",
+    "--eval_steps",
+    "1000",
+    "--use_cpu",
+    "--fill_mask_examples",
+    "0",
+    "--disable_tqdm",
+    "true",
+    "--report_to",
+    "none",
+]
 TINY_MIXER_IMAGES = "patch_size=7,hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=16,channels_mlp_dim=64"
 
 
 def blocks(args):
-    model_args, data_args, training_args = run_mlm.parse_args(args)
+    model_args, data_args, training_args, _ = run_mlm.parse_args(args)
     raw = run_mlm.load_raw_datasets(data_args, model_args)
     texts = (batch["text"] for batch in raw["train"].iter(batch_size=1000))
     tokenizer = common.train_tokenizer(texts, model_args, data_args.max_seq_length)
@@ -52,8 +74,17 @@ def test_streamed_blocks_masks_and_loss_are_the_in_memory_ones(tmp_path, text_fi
         assert torch.equal(batch[key], streamed_batch[key]), key
     assert (batch["labels"] != -100).sum() > 0
     torch.manual_seed(0)
-    model = MixerForMaskedLM(MixerConfig(modality="text", vocab_size=len(tokenizer), max_position_embeddings=32,
-                                         hidden_size=32, num_hidden_layers=2, tokens_mlp_dim=32, channels_mlp_dim=64))
+    model = MixerForMaskedLM(
+        MixerConfig(
+            modality="text",
+            vocab_size=len(tokenizer),
+            max_position_embeddings=32,
+            hidden_size=32,
+            num_hidden_layers=2,
+            tokens_mlp_dim=32,
+            channels_mlp_dim=64,
+        )
+    )
     assert model(**batch).loss.item() == model(**streamed_batch).loss.item()
 
 
@@ -69,18 +100,41 @@ def test_streamed_run_evaluates_as_the_in_memory_run(tmp_path, text_files):
 @pytest.mark.parametrize("script", ["mlm", "images"])
 def test_streamed_run_resumed_from_its_checkpoint_ends_as_the_straight_run(tmp_path, text_files, script):
     """The Trainer skips a stream's first global_step batches by reading them (accelerate's skip_first_batches)."""
-    main, data_args = (run_mlm.main, TINY_MLM + text_files) if script == "mlm" else (
-        run_image_classification.main, TINY_IMAGES + ["--config_overrides", TINY_MIXER_IMAGES])
-    args = data_args + ["--streaming", "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4",
-                        "--logging_steps", "2", "--seed", "3"]
+    main, data_args = (
+        (run_mlm.main, TINY_MLM + text_files)
+        if script == "mlm"
+        else (run_image_classification.main, TINY_IMAGES + ["--config_overrides", TINY_MIXER_IMAGES])
+    )
+    args = data_args + [
+        "--streaming",
+        "--max_steps",
+        "8",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "4",
+        "--logging_steps",
+        "2",
+        "--seed",
+        "3",
+    ]
     straight = main(args + ["--output_dir", str(tmp_path / "straight")])
     records = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())
     logging.getLogger("transformers.trainer").addHandler(handler)
     try:
-        resumed = main(args + ["--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint",
-                                       str(tmp_path / "straight" / "checkpoint-4"), "--log_level", "info"])
+        resumed = main(
+            args
+            + [
+                "--output_dir",
+                str(tmp_path / "resumed"),
+                "--resume_from_checkpoint",
+                str(tmp_path / "straight" / "checkpoint-4"),
+                "--log_level",
+                "info",
+            ]
+        )
     finally:
         logging.getLogger("transformers.trainer").removeHandler(handler)
     log = "\n".join(records)
@@ -90,8 +144,10 @@ def test_streamed_run_resumed_from_its_checkpoint_ends_as_the_straight_run(tmp_p
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         assert torch.equal(weights[1][name], weights[0][name]), name
-    history = [json.loads((tmp_path / name / "trainer_state.json").read_text())["log_history"]
-               for name in ("straight", "resumed")]
+    history = [
+        json.loads((tmp_path / name / "trainer_state.json").read_text())["log_history"]
+        for name in ("straight", "resumed")
+    ]
     losses = [[(e["step"], e["loss"]) for e in h if "loss" in e] for h in history]
     assert [step for step, _ in losses[0]] == [2, 4, 6, 8] and losses[1] == losses[0]
     assert resumed["eval_loss"] == straight["eval_loss"]
@@ -99,7 +155,7 @@ def test_streamed_run_resumed_from_its_checkpoint_ends_as_the_straight_run(tmp_p
 
 def test_streaming_without_validation_holds_out_every_kth_text(tmp_path, text_files):
     args = TINY_MLM + text_files[:2] + ["--validation_split_percentage", "20", "--output_dir", str(tmp_path)]
-    model_args, data_args, _ = run_mlm.parse_args(args + ["--streaming"])
+    model_args, data_args, *_ = run_mlm.parse_args(args + ["--streaming"])
     raw = run_mlm.load_raw_datasets(data_args, model_args)
     texts = (ROOT / text_files[1]).read_text().splitlines(keepends=True)
     assert [row["text"] for row in raw["validation"]] == texts[4::5]
@@ -107,8 +163,11 @@ def test_streaming_without_validation_holds_out_every_kth_text(tmp_path, text_fi
 
 
 def test_streaming_needs_max_steps(tmp_path, text_files):
-    with pytest.raises(ValueError, match=r"--streaming reads data of unknown length: give the number of training "
-                                         r"steps with --max_steps N \(got --max_steps -1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"--streaming reads data of unknown length: give the number of training "
+        r"steps with --max_steps N \(got --max_steps -1\)",
+    ):
         run_mlm.main(TINY_MLM + text_files + ["--streaming", "--max_steps", "-1", "--output_dir", str(tmp_path)])
 
 
@@ -118,29 +177,60 @@ def pixels(dataset):
 
 
 def test_streamed_images_are_the_in_memory_ones(image_folders):
-    args = TINY_IMAGES + ["--train_dir", str(image_folders / "train"), "--validation_dir", str(image_folders / "val"),
-                          "--output_dir", str(image_folders / "out")]
+    args = TINY_IMAGES + [
+        "--train_dir",
+        str(image_folders / "train"),
+        "--validation_dir",
+        str(image_folders / "val"),
+        "--output_dir",
+        str(image_folders / "out"),
+    ]
     splits = {}
     for streaming in ([], ["--streaming"]):
-        model_args, data_args, _ = run_image_classification.parse_args(args + streaming)
+        model_args, data_args, *_ = run_image_classification.parse_args(args + streaming)
         splits[bool(streaming)] = run_image_classification.load_raw_datasets(data_args, model_args)
     in_memory, streamed = splits[False], splits[True]
     assert type(in_memory["train"]).__name__ == "Dataset" and type(streamed["train"]).__name__ == "IterableDataset"
     assert type(streamed["validation"]).__name__ == "Dataset"  # read into memory, to evaluate on again and again
-    assert streamed["train"].features["label"].names == in_memory["train"].features["label"].names == [
-        "Sneaker", "Trouser"]
+    assert (
+        streamed["train"].features["label"].names
+        == in_memory["train"].features["label"].names
+        == ["Sneaker", "Trouser"]
+    )
     for split in ("train", "validation"):
         expected, got = pixels(in_memory[split]), pixels(streamed[split])
         assert len(got) == len(expected) > 10
         assert all(np.array_equal(a, b) and la == lb for (a, la), (b, lb) in zip(got, expected)), split
     # The same evaluation (same model, same images) on both paths; and the stream trains.
-    evaluated = [run_image_classification.main(args + ["--config_overrides", TINY_MIXER_IMAGES, "--do_train", "false",
-                                                       "--output_dir", str(image_folders / name), *extra])
-                 for name, extra in [("in-memory", []), ("streamed", ["--streaming"])]]
+    evaluated = [
+        run_image_classification.main(
+            args
+            + [
+                "--config_overrides",
+                TINY_MIXER_IMAGES,
+                "--do_train",
+                "false",
+                "--output_dir",
+                str(image_folders / name),
+                *extra,
+            ]
+        )
+        for name, extra in [("in-memory", []), ("streamed", ["--streaming"])]
+    ]
     assert evaluated[0]["eval_samples"] == evaluated[1]["eval_samples"] == len(expected)
     assert evaluated[1]["eval_loss"] == evaluated[0]["eval_loss"]
-    trained = run_image_classification.main(args + ["--config_overrides", TINY_MIXER_IMAGES, "--streaming",
-                                                    "--max_steps", "6", "--output_dir", str(image_folders / "trained")])
+    trained = run_image_classification.main(
+        args
+        + [
+            "--config_overrides",
+            TINY_MIXER_IMAGES,
+            "--streaming",
+            "--max_steps",
+            "6",
+            "--output_dir",
+            str(image_folders / "trained"),
+        ]
+    )
     history = json.loads((image_folders / "trained" / "trainer_state.json").read_text())["log_history"]
     assert [entry["step"] for entry in history if "loss" in entry] == [5] and trained["eval_samples"] == len(expected)
 
@@ -149,20 +239,35 @@ def test_streamed_images_need_labels_declared_as_classes(tmp_path):
     """A stream cannot be read ahead to encode string labels: the script says so; in memory it encodes them."""
     images = run_image_classification.fashion_mnist(FASHION_MNIST_SAMPLE)["train"].select(range(200))
     names = images.features["label"].names
-    rows = Dataset.from_dict({"image": images["image"], "label": [names[i] for i in images["label"]]},
-                             features=Features({"image": Image(), "label": Value("string")}))
+    rows = Dataset.from_dict(
+        {"image": images["image"], "label": [names[i] for i in images["label"]]},
+        features=Features({"image": Image(), "label": Value("string")}),
+    )
     rows.to_parquet(tmp_path / "data" / "train.parquet")
-    args = TINY_IMAGES + ["--dataset_name", str(tmp_path / "data"), "--config_overrides", TINY_MIXER_IMAGES,
-                          "--max_steps", "2"]
-    with pytest.raises(ValueError, match=r"With --streaming the labels must be classes that the dataset declares "
-                                         r"\(a ClassLabel feature.*column 'label' is Value\('string'"):
+    args = TINY_IMAGES + [
+        "--dataset_name",
+        str(tmp_path / "data"),
+        "--config_overrides",
+        TINY_MIXER_IMAGES,
+        "--max_steps",
+        "2",
+    ]
+    with pytest.raises(
+        ValueError,
+        match=r"With --streaming the labels must be classes that the dataset declares "
+        r"\(a ClassLabel feature.*column 'label' is Value\('string'",
+    ):
         run_image_classification.main(args + ["--streaming", "--output_dir", str(tmp_path / "streamed")])
     results = run_image_classification.main(args + ["--output_dir", str(tmp_path / "in-memory")])
     assert results["eval_samples"] == 20
 
 
 def test_streamed_images_need_max_steps(tmp_path):
-    with pytest.raises(ValueError, match=r"--streaming reads data of unknown length: give the number of training "
-                                         r"steps with --max_steps N \(got --max_steps -1\)"):
-        run_image_classification.main(TINY_IMAGES + ["--streaming", "--max_steps", "-1", "--output_dir",
-                                                     str(tmp_path)])
+    with pytest.raises(
+        ValueError,
+        match=r"--streaming reads data of unknown length: give the number of training "
+        r"steps with --max_steps N \(got --max_steps -1\)",
+    ):
+        run_image_classification.main(
+            TINY_IMAGES + ["--streaming", "--max_steps", "-1", "--output_dir", str(tmp_path)]
+        )

@@ -22,9 +22,27 @@ from hub_server import HubServer
 from modeling_mixer import MixerForMaskedLM
 
 LONG_TEXT = "A film so long-winded that its critics ran out of words before it ran out of reels. " * 20
-FAST = ["--max_train_samples", "384", "--max_eval_samples", "96", "--per_device_train_batch_size", "32",
-        "--per_device_eval_batch_size", "96", "--learning_rate", "3e-3", "--warmup_steps", "0", "--logging_steps",
-        "6", "--eval_strategy", "no", "--use_cpu", "--disable_tqdm", "true"]
+FAST = [
+    "--max_train_samples",
+    "384",
+    "--max_eval_samples",
+    "96",
+    "--per_device_train_batch_size",
+    "32",
+    "--per_device_eval_batch_size",
+    "96",
+    "--learning_rate",
+    "3e-3",
+    "--warmup_steps",
+    "0",
+    "--logging_steps",
+    "6",
+    "--eval_strategy",
+    "no",
+    "--use_cpu",
+    "--disable_tqdm",
+    "true",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -46,12 +64,20 @@ def mlm_checkpoint(tmp_path_factory):
     """A tiny Mixer MLM as run_mlm.py saves one: a WordPiece tokenizer trained on the training snippets, the model."""
     folder = tmp_path_factory.mktemp("mixer-mlm")
     texts = list(rtc.rotten_tomatoes()["train"]["text"])
-    tokenizer = common.train_tokenizer([texts], SimpleNamespace(tokenizer_type="wordpiece", tokenizer_vocab_size=800),
-                                        max_length=32)
+    tokenizer = common.train_tokenizer(
+        [texts], SimpleNamespace(tokenizer_type="wordpiece", tokenizer_vocab_size=800), max_length=32
+    )
     tokenizer.save_pretrained(folder)
-    config = MixerConfig(modality="text", vocab_size=len(tokenizer), max_position_embeddings=32, hidden_size=32,
-                         num_hidden_layers=2, tokens_mlp_dim=32, channels_mlp_dim=64,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = MixerConfig(
+        modality="text",
+        vocab_size=len(tokenizer),
+        max_position_embeddings=32,
+        hidden_size=32,
+        num_hidden_layers=2,
+        tokens_mlp_dim=32,
+        channels_mlp_dim=64,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     MixerForMaskedLM(config).save_pretrained(folder)
     return folder
 
@@ -59,8 +85,9 @@ def mlm_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finetuned(mlm_checkpoint, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("mixer-rotten-tomatoes")
-    results = rtc.main(FAST + ["--model_name_or_path", str(mlm_checkpoint), "--max_steps", "48",
-                               "--output_dir", str(output_dir)])
+    results = rtc.main(
+        FAST + ["--model_name_or_path", str(mlm_checkpoint), "--max_steps", "48", "--output_dir", str(output_dir)]
+    )
     return output_dir, results
 
 
@@ -113,7 +140,8 @@ def test_saved_tokenizer_truncates_and_pads_on_the_right(finetuned):
 
 def test_saved_output_answers_in_a_pipeline_without_the_package(finetuned):
     output_dir, _ = finetuned
-    answers = json.loads(run_without_package(f"""
+    answers = json.loads(
+        run_without_package(f"""
         import json
         from transformers import pipeline
         classify = pipeline("text-classification", model={str(output_dir)!r}, trust_remote_code=True)
@@ -125,7 +153,8 @@ def test_saved_output_answers_in_a_pipeline_without_the_package(finetuned):
         except ValueError as exception:  # the model refuses what the tokenizer was not asked to truncate
             error = str(exception)
         print(json.dumps({{"answers": answers, "model": type(classify.model).__module__, "error": error}}))
-    """))
+    """)
+    )
     assert answers["model"].startswith("transformers_modules.")  # the folder's code, not the package's
     assert len(answers["answers"]) == 3
     assert all(a["label"] in ("rotten", "fresh") and 0.5 <= a["score"] <= 1 for a in answers["answers"])
@@ -134,17 +163,42 @@ def test_saved_output_answers_in_a_pipeline_without_the_package(finetuned):
 
 def test_push_to_hub_uploads_model_tokenizer_code_and_a_mixer_card(mlm_checkpoint, tmp_path):
     with HubServer(tmp_path / "hub") as hub:  # huggingface_hub reads HF_ENDPOINT at import: a fresh process
-        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": "dummy", "HF_HUB_OFFLINE": "0",
-               "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-               "OMP_NUM_THREADS": "1"}
-        command = [sys.executable, str(ROOT / "scripts" / "run_text_classification.py"), *FAST, "--max_steps", "2",
-                   "--model_name_or_path", str(mlm_checkpoint), "--output_dir", str(tmp_path / "out"),
-                   "--push_to_hub", "--hub_model_id", "user/mixer-rotten-tomatoes"]
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.url,
+            "HF_TOKEN": "dummy",
+            "HF_HUB_OFFLINE": "0",
+            "NO_PROXY": "127.0.0.1",
+            "no_proxy": "127.0.0.1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "OMP_NUM_THREADS": "1",
+        }
+        command = [
+            sys.executable,
+            str(ROOT / "scripts" / "run_text_classification.py"),
+            *FAST,
+            "--max_steps",
+            "2",
+            "--model_name_or_path",
+            str(mlm_checkpoint),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--push_to_hub",
+            "--hub_model_id",
+            "user/mixer-rotten-tomatoes",
+        ]
         result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
         assert result.returncode == 0, result.stderr[-3000:]
         files = hub.files("user/mixer-rotten-tomatoes")
-    for name in ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
-                 "configuration_mixer.py", "modeling_mixer.py", "README.md"]:
+    for name in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "configuration_mixer.py",
+        "modeling_mixer.py",
+        "README.md",
+    ]:
         assert name in files, name
     assert json.loads(files["tokenizer_config.json"])["model_max_length"] == 32
     card = files["README.md"].decode()
@@ -164,23 +218,51 @@ def csv_files(tmp_path):
 
 
 def test_mixer_from_scratch_and_bert_baseline_from_csv_files(csv_files, mlm_checkpoint):
-    data = ["--train_file", str(csv_files / "train.csv"), "--validation_file", str(csv_files / "validation.csv"),
-            "--text_column_name", "review", "--label_column_name", "verdict", "--max_steps", "16"]
+    data = [
+        "--train_file",
+        str(csv_files / "train.csv"),
+        "--validation_file",
+        str(csv_files / "validation.csv"),
+        "--text_column_name",
+        "review",
+        "--label_column_name",
+        "verdict",
+        "--max_steps",
+        "16",
+    ]
     tiny = "hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=32,channels_mlp_dim=64"
     mixer = csv_files / "mixer"
-    results = rtc.main(FAST + data + ["--tokenizer_name", str(mlm_checkpoint), "--config_overrides", tiny,
-                                      "--output_dir", str(mixer)])
+    results = rtc.main(
+        FAST + data + ["--tokenizer_name", str(mlm_checkpoint), "--config_overrides", tiny, "--output_dir", str(mixer)]
+    )
     assert 0 <= results["eval_accuracy"] <= 1 and "test_accuracy" not in results
     model = AutoModelForSequenceClassification.from_pretrained(mixer)
     pretrained = MixerForMaskedLM.from_pretrained(mlm_checkpoint).config  # the same size as the pre-trained Mixer
     assert {k: getattr(model.config, k) for k in ("vocab_size", "max_position_embeddings", "hidden_size")} == {
-        k: getattr(pretrained, k) for k in ("vocab_size", "max_position_embeddings", "hidden_size")}
+        k: getattr(pretrained, k) for k in ("vocab_size", "max_position_embeddings", "hidden_size")
+    }
     assert model.config.id2label == {0: "fresh", 1: "rotten"}  # the classes of the column, sorted
 
     bert = csv_files / "bert"
     tiny_bert = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
-    rtc.main(FAST + data + ["--model_type", "bert", "--config_overrides", tiny_bert, "--tokenizer_type", "wordpiece",
-                            "--tokenizer_vocab_size", "500", "--max_seq_length", "40", "--output_dir", str(bert)])
+    rtc.main(
+        FAST
+        + data
+        + [
+            "--model_type",
+            "bert",
+            "--config_overrides",
+            tiny_bert,
+            "--tokenizer_type",
+            "wordpiece",
+            "--tokenizer_vocab_size",
+            "500",
+            "--max_seq_length",
+            "40",
+            "--output_dir",
+            str(bert),
+        ]
+    )
     assert losses(bert)[-1] < losses(bert)[0]
     model = AutoModelForSequenceClassification.from_pretrained(bert)
     assert type(model).__name__ == "BertForSequenceClassification" and model.config.max_position_embeddings == 40
@@ -192,13 +274,20 @@ def test_mixer_from_scratch_and_bert_baseline_from_csv_files(csv_files, mlm_chec
 @pytest.mark.parametrize(
     "csv, args, message",
     [
-        ("text,score\nGood.,1\nBad.,0\n", [], "no column 'label' (its columns: text, score); name the right one with "
-                                             "--label_column_name"),
+        (
+            "text,score\nGood.,1\nBad.,0\n",
+            [],
+            "no column 'label' (its columns: text, score); name the right one with --label_column_name",
+        ),
         ("review,label\nGood.,1\nBad.,0\n", [], "no column 'text' (its columns: review, label)"),
         ("text,label\nGood.,0.9\nBad.,0.1\n", [], "The labels in column 'label' are not classes: Value('float64')"),
         ("text,label\nGood.,fresh\nBad.,\n", [], "Some rows have no label in column 'label'"),
         ("text,label\nGood.,fresh\nBad.,fresh\n", [], "holds a single class (['fresh'])"),
-        (None, ["--dataset_name", "no-such-user/no-such-dataset"], "Could not load the dataset ('no-such-user/no-such"),
+        (
+            None,
+            ["--dataset_name", "no-such-user/no-such-dataset"],
+            "Could not load the dataset ('no-such-user/no-such",
+        ),
     ],
 )
 def test_bad_input_stops_with_a_clear_message(tmp_path, csv, args, message):
@@ -215,17 +304,21 @@ def test_local_f1_metric_matches_the_hubs():
     f1 = common.load_metric("f1")  # HF_HUB_OFFLINE=1 in the tests: the local module
     assert f1.compute(references=[0, 1, 0, 1, 0], predictions=[0, 0, 1, 1, 0]) == {"f1": 0.5}
     assert f1.compute(references=[0, 1, 0, 1, 0], predictions=[0, 0, 1, 1, 0], pos_label=0)["f1"] == pytest.approx(
-        2 / 3)
-    assert f1.compute(references=[0, 1, 0, 1, 0], predictions=[0, 0, 1, 1, 0],
-                      sample_weight=[0.9, 0.5, 3.9, 1.2, 0.3])["f1"] == pytest.approx(1.2 / 3.4)
+        2 / 3
+    )
+    assert f1.compute(
+        references=[0, 1, 0, 1, 0], predictions=[0, 0, 1, 1, 0], sample_weight=[0.9, 0.5, 3.9, 1.2, 0.3]
+    )["f1"] == pytest.approx(1.2 / 3.4)
     predictions, references = [0, 2, 1, 0, 0, 1], [0, 1, 2, 0, 1, 2]
     for average, expected in [("macro", 0.8 / 3), ("micro", 1 / 3), ("weighted", 0.8 / 3)]:
         assert f1.compute(predictions=predictions, references=references, average=average)["f1"] == pytest.approx(
-            expected)
+            expected
+        )
     per_class = f1.compute(predictions=predictions, references=references, average=None)["f1"]
     assert np.allclose(per_class, [0.8, 0, 0])
     with pytest.raises(ValueError, match="Target is multiclass but average='binary'"):
         f1.compute(predictions=predictions, references=references)
     multilabel = evaluate.load(str(common.LOCAL_METRICS / "f1"), "multilabel")
-    assert multilabel.compute(predictions=[[0, 1, 1], [1, 1, 0]], references=[[0, 1, 1], [0, 1, 0]],
-                              average="macro")["f1"] == pytest.approx(2 / 3)
+    assert multilabel.compute(predictions=[[0, 1, 1], [1, 1, 0]], references=[[0, 1, 1], [0, 1, 0]], average="macro")[
+        "f1"
+    ] == pytest.approx(2 / 3)

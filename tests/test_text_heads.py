@@ -30,8 +30,15 @@ def tiny(cls, **overrides):
 def word_tokenizer(max_length=12):
     tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=max_length,
+    )
 
 
 def test_sequence_logits_ignore_padding():
@@ -45,18 +52,22 @@ def test_sequence_logits_ignore_padding():
 
 @pytest.mark.parametrize(
     "num_labels, labels, problem_type",
-    [(3, torch.tensor([0, 2]), "single_label_classification"),
-     (3, torch.tensor([[1.0, 0, 1], [0, 1, 0]]), "multi_label_classification"),
-     (1, torch.tensor([0.5, -1.0]), "regression")],
+    [
+        (3, torch.tensor([0, 2]), "single_label_classification"),
+        (3, torch.tensor([[1.0, 0, 1], [0, 1, 0]]), "multi_label_classification"),
+        (1, torch.tensor([0.5, -1.0]), "regression"),
+    ],
 )
 def test_sequence_problem_types(num_labels, labels, problem_type):
     model = tiny(MixerForSequenceClassification, num_labels=num_labels)
     ids, mask = pad([[5, 6, 7], [8, 9, 10, 11]], 4, 0)
     out = model(ids, attention_mask=mask, labels=labels)
     assert model.config.problem_type == problem_type
-    reference = {"single_label_classification": lambda: F.cross_entropy(out.logits, labels),
-                 "multi_label_classification": lambda: F.binary_cross_entropy_with_logits(out.logits, labels),
-                 "regression": lambda: F.mse_loss(out.logits.squeeze(), labels)}[problem_type]()
+    reference = {
+        "single_label_classification": lambda: F.cross_entropy(out.logits, labels),
+        "multi_label_classification": lambda: F.binary_cross_entropy_with_logits(out.logits, labels),
+        "regression": lambda: F.mse_loss(out.logits.squeeze(), labels),
+    }[problem_type]()
     torch.testing.assert_close(out.loss, reference)
 
 
@@ -86,14 +97,21 @@ def test_fine_tuning_starts_from_a_masked_lm_checkpoint(tmp_path):
     assert not classifier.classifier.weight.any()  # newly initialised, as timm's head: zero
 
 
-@pytest.mark.parametrize("cls, auto_class", [(MixerForSequenceClassification, "AutoModelForSequenceClassification"),
-                                             (MixerForTokenClassification, "AutoModelForTokenClassification")])
+@pytest.mark.parametrize(
+    "cls, auto_class",
+    [
+        (MixerForSequenceClassification, "AutoModelForSequenceClassification"),
+        (MixerForTokenClassification, "AutoModelForTokenClassification"),
+    ],
+)
 def test_heads_load_through_auto_classes_and_remote_code(tmp_path, cls, auto_class):
     model = tiny(cls)
     model.save_pretrained(tmp_path)
     ids = torch.randint(1, len(WORDS), (2, 12))
-    loaded = {"AutoModelForSequenceClassification": AutoModelForSequenceClassification,
-              "AutoModelForTokenClassification": AutoModelForTokenClassification}[auto_class].from_pretrained(tmp_path)
+    loaded = {
+        "AutoModelForSequenceClassification": AutoModelForSequenceClassification,
+        "AutoModelForTokenClassification": AutoModelForTokenClassification,
+    }[auto_class].from_pretrained(tmp_path)
     assert torch.equal(loaded(ids).logits, model(ids).logits)
     code = f"""
         import torch, transformers

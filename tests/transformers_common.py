@@ -38,7 +38,11 @@ def _stand_in(name: str, **attributes):
 
 
 class ExportTesterMixin:
-    """Not in the distribution: the torch.export tests do not run."""
+    """
+    Not in the distribution, and no copy that matches the installed transformers can be had from PyPI (the file
+    follows transformers' main branch, whose exporters change from release to release). tests/test_integrations.py
+    runs the equivalent: transformers' DynamoExporter and OnnxExporter on the Mixer classes, against eager.
+    """
 
 
 class GenerationTesterMixin:

@@ -90,14 +90,18 @@ class F1(evaluate.Metric):
         if average == "binary":
             if multilabel or len(present) > 2:
                 kind = "multilabel-indicator" if multilabel else "multiclass"
-                raise ValueError(f"Target is {kind} but average='binary'. Please choose another average setting, one "
-                                 "of [None, 'micro', 'macro', 'weighted'].")
+                raise ValueError(
+                    f"Target is {kind} but average='binary'. Please choose another average setting, one "
+                    "of [None, 'micro', 'macro', 'weighted']."
+                )
             if pos_label not in present and len(present) >= 2:
                 raise ValueError(f"pos_label={pos_label} is not a valid label. It should be one of {present.tolist()}")
             labels = [pos_label]
         if average == "samples" and not multilabel:
-            raise ValueError("Sample-based precision, recall, fscore is not meaningful outside multilabel "
-                             "classification. See the accuracy_score instead.")
+            raise ValueError(
+                "Sample-based precision, recall, fscore is not meaningful outside multilabel "
+                "classification. See the accuracy_score instead."
+            )
         if multilabel:  # one column a label: true and predicted indicators
             labels = np.arange(y_true.shape[1]) if labels is None else np.asarray(labels)
             true, pred = y_true[:, labels] == 1, y_pred[:, labels] == 1

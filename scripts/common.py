@@ -57,6 +57,8 @@ def choose_precision(parser, argv=None) -> str:
     if torch.cuda.is_available() and not any(arg.startswith("--use_cpu") for arg in argv):
         bf16 = torch.cuda.is_bf16_supported()
         why = "the GPU supports bf16" if bf16 else "the GPU has no bf16"
+    elif "WORLD_SIZE" in os.environ and not any(arg.startswith("--use_cpu") for arg in argv):
+        return "the default of a launch of several processes (check_processes says what it needs on CPUs)"
     else:  # the Trainer takes bf16 on the CPU only with use_cpu
         units = bf16_matrix_units()
         bf16 = units is not None

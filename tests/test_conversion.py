@@ -1,6 +1,5 @@
-"""Conversion from timm and the official JAX code, back to timm, higher-resolution resizing, processors, plots."""
+"""Conversion from timm and the official JAX code and back to timm; the converted folder's processor and pipeline."""
 
-import copy
 import json
 import os
 from functools import partial
@@ -9,8 +8,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-from huggingface_hub.errors import StrictDataclassError
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from torch import nn
@@ -23,44 +20,16 @@ from transformers import (
 )
 
 import convert_mixer_checkpoint as convert  # noqa: E402
-import evaluate_resize  # noqa: E402
-import plot_token_mixing as plot  # noqa: E402
-from common import fashion_mnist  # noqa: E402
 from configuration_mixer import MixerConfig
-from helpers import FASHION_MNIST_SAMPLE, ROOT, run_without_package
-from modeling_mixer import MixerForImageClassification, MixerModel
-
-TRAINED_MIXER = ROOT / "tests/data/mixer-fashion-mnist-28"  # made by scripts/make_resize_test_model.py
+from helpers import image_pixels, randomize_, run_without_package, sample_image
+from modeling_mixer import MixerForImageClassification
 
 VARIANTS = ["mixer_s32_224", "mixer_s16_224", "mixer_b32_224", "mixer_b16_224", "mixer_l32_224", "mixer_l16_224"]
 IMAGENET_LABELS = ImageNetInfo().label_descriptions()
 
 
-def randomize_(model, seed=0):
-    """Weights far from timm's init (whose head is zero): normal(0, 0.02), LayerNorm scales around 1."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            norm_scale = param.dim() == 1 and "norm" in name and name.endswith("weight")
-            param.copy_(torch.randn(param.shape, generator=generator) * (0.1 if norm_scale else 0.02) + norm_scale)
-    return model.eval()
-
-
 def timm_model(name="mixer_s32_224", seed=0, **kwargs):
     return randomize_(timm.create_model(name, pretrained=False, **kwargs), seed)
-
-
-def pixels(size=224, seed=0):
-    return torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def sample_image(width=320, height=240):
-    """Smooth stripes plus noise, so that the resampling filters matter."""
-    y, x = np.mgrid[0:height, 0:width]
-    noise = np.random.default_rng(0).integers(0, 256, (height, width))
-    return Image.fromarray(
-        np.stack([128 + 100 * np.sin(x / 7), 128 + 100 * np.cos(y / 11), noise], -1).clip(0, 255).astype(np.uint8)
-    )
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +49,7 @@ def s32(tmp_path_factory):
 def test_timm_variants_convert_exactly(name):
     reference = timm_model(name)
     model = convert.convert_timm_state_dict(reference.state_dict())
-    x = pixels()
+    x = image_pixels()
     with torch.no_grad():
         final, intermediates = reference.forward_intermediates(x, output_fmt="NLC")
         expected = reference.forward_head(final)
@@ -115,7 +84,7 @@ def test_cli_folder_loads_and_matches_timm(s32):
     } <= {p.name for p in folder.iterdir()}
     model = MixerForImageClassification.from_pretrained(folder).eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(pixels()).logits, reference(pixels()), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(image_pixels()).logits, reference(image_pixels()), rtol=1e-5, atol=1e-5)
 
 
 def test_headless_timm_model():
@@ -123,7 +92,7 @@ def test_headless_timm_model():
     model = convert.convert_timm_state_dict(reference.state_dict())
     assert model.config.num_labels == 0 and isinstance(model.classifier, nn.Identity)
     with torch.no_grad():
-        torch.testing.assert_close(model(pixels()).logits, reference(pixels()), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(image_pixels()).logits, reference(image_pixels()), rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ JAX → ours
@@ -167,10 +136,10 @@ def test_jax_npz_converts_with_tanh_gelu(tmp_path):
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "o").eval()
     assert loaded.config.hidden_act == "gelu_pytorch_tanh"
     with torch.no_grad():
-        expected = reference(pixels())
-        torch.testing.assert_close(model(pixels()).logits, expected, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(loaded(pixels()).logits, expected, rtol=1e-5, atol=1e-5)
-        assert (from_timm(pixels()).logits - expected).abs().max() > 1e-5  # the exact GELU would differ
+        expected = reference(image_pixels())
+        torch.testing.assert_close(model(image_pixels()).logits, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loaded(image_pixels()).logits, expected, rtol=1e-5, atol=1e-5)
+        assert (from_timm(image_pixels()).logits - expected).abs().max() > 1e-5  # the exact GELU would differ
 
 
 # ------------------------------------------------------------------------------------------------ ours → timm
@@ -181,7 +150,7 @@ def test_round_trip_to_timm():
     reference = timm.create_model("mixer_b32_224", pretrained=False, num_classes=7).eval()
     reference.load_state_dict(convert.to_timm_state_dict(model), strict=True)
     with torch.no_grad():
-        torch.testing.assert_close(reference(pixels()), model(pixels()).logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(reference(image_pixels()), model(image_pixels()).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_cli_to_timm(s32, tmp_path):
@@ -191,7 +160,7 @@ def test_cli_to_timm(s32, tmp_path):
     back = timm.create_model("mixer_s32_224", pretrained=False).eval()
     back.load_state_dict(load_file(tmp_path / "back.safetensors"), strict=True)
     with torch.no_grad():
-        assert torch.equal(back(pixels()), reference(pixels()))
+        assert torch.equal(back(image_pixels()), reference(image_pixels()))
 
 
 # ------------------------------------------------------------------------------------------------ mismatches
@@ -265,7 +234,7 @@ def test_new_head_keeps_the_trunk(s32):
 
 def test_auto_class_and_pipeline_in_a_fresh_process_without_the_package(s32, tmp_path):
     reference, _, folder = s32
-    torch.save(pixels(), tmp_path / "x.pt")
+    torch.save(image_pixels(), tmp_path / "x.pt")
     sample_image().save(tmp_path / "image.png")
     output = run_without_package(f"""
         import json
@@ -279,7 +248,7 @@ def test_auto_class_and_pipeline_in_a_fresh_process_without_the_package(s32, tmp
         print(json.dumps(classify({str(tmp_path / "image.png")!r}, top_k=3)))
     """)
     with torch.no_grad():
-        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), reference(pixels()), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), reference(image_pixels()), rtol=1e-5, atol=1e-5)
     here = pipeline("image-classification", model=str(folder))(str(tmp_path / "image.png"), top_k=3)
     there = json.loads(output)
     assert [r["label"] for r in there] == [r["label"] for r in here] and there[0]["label"] in IMAGENET_LABELS
@@ -319,201 +288,3 @@ def test_processor_matches_timm_eval_transform(s32, tmp_path, tag, preprocessing
     torchvision = auto(image, return_tensors="pt").pixel_values[0]
     assert (pil - expected).abs().max() <= 1e-6
     assert (torchvision - expected).abs().max() <= 1 / 255 / cfg["std"][0] + 1e-6
-
-
-# ------------------------------------------------------------------------------------------------ resizing
-
-
-def test_resize_token_mixing_tiles_the_image(tmp_path):
-    config = MixerConfig(
-        hidden_size=64, num_hidden_layers=3, tokens_mlp_dim=32, channels_mlp_dim=128, patch_size=16, num_labels=5
-    )
-    model = randomize_(MixerForImageClassification(config))
-    resized = copy.deepcopy(model).resize_token_mixing(448)
-    assert (resized.config.image_size, resized.config.tokens_mlp_dim, resized.config.num_tokens) == (448, 128, 784)
-    resized(torch.randn(1, 3, 448, 448))  # the model takes the new size
-    with pytest.raises(ValueError, match=r"got \(1, 3, 224, 224\)"):
-        resized(torch.randn(1, 3, 224, 224))
-    image = pixels()
-    with torch.no_grad():
-        small = model(image, output_hidden_states=True)
-        big = resized(image.repeat(1, 1, 2, 2), output_hidden_states=True)  # 2×2 copies of the image
-    # Every 14×14 quarter of the 28×28 patch grid holds the original model's hidden states, in every layer.
-    for ours, theirs in zip(big.hidden_states, small.hidden_states, strict=True):
-        quarters = ours.reshape(2, 14, 2, 14, 64).permute(0, 2, 1, 3, 4).reshape(4, 196, 64)
-        torch.testing.assert_close(quarters, theirs.expand(4, -1, -1), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(big.logits, small.logits, rtol=1e-5, atol=1e-5)
-
-    resized.save_pretrained(tmp_path)  # the updated config rebuilds the same shapes
-    reloaded = MixerForImageClassification.from_pretrained(tmp_path)
-    for key, value in resized.state_dict().items():
-        assert torch.equal(reloaded.state_dict()[key], value), key
-
-    # The new size goes through the config's own checks (StrictDataclassError, as for MixerConfig(image_size=...)).
-    with pytest.raises(
-        StrictDataclassError,
-        match=r"MixerConfig\.image_size \(230\) must be a multiple of "
-        r"MixerConfig\.patch_size \(16\)",
-    ):
-        model.resize_token_mixing(230)
-    for bad in (0, (224, 230), (224,), (224, True)):
-        with pytest.raises(StrictDataclassError, match="image_size"):
-            model.resize_token_mixing(bad)
-    assert model.config.image_size == 224 and model.config.tokens_mlp_dim == 32  # unchanged by the refusals
-    text = MixerModel(
-        MixerConfig(
-            modality="text",
-            hidden_size=32,
-            num_hidden_layers=1,
-            tokens_mlp_dim=8,
-            channels_mlp_dim=32,
-            max_position_embeddings=16,
-        )
-    )
-    with pytest.raises(ValueError, match="resize_token_mixing is for image Mixers, this one has modality='text'"):
-        text.resize_token_mixing(448)
-
-
-def test_resize_token_mixing_tiles_a_non_square_grid(tmp_path):
-    """224 → 448 × 224 (K_h = 2, K_w = 1): two parts, one above the other, each mixed as the whole image was."""
-    config = MixerConfig(
-        hidden_size=32, num_hidden_layers=2, tokens_mlp_dim=16, channels_mlp_dim=64, patch_size=16, num_labels=5
-    )
-    model = randomize_(MixerForImageClassification(config))
-    resized = copy.deepcopy(model).resize_token_mixing((448, 224))
-    config = resized.config
-    assert (config.image_size, config.tokens_mlp_dim, config.num_tokens) == ([448, 224], 32, 392)
-    image = pixels()
-    with torch.no_grad():
-        small = model(image, output_hidden_states=True)
-        big = resized(image.repeat(1, 1, 2, 1), output_hidden_states=True)  # the image above itself
-    for ours, theirs in zip(
-        big.hidden_states, small.hidden_states, strict=True
-    ):  # the grid's halves: rows 0-13, 14-27
-        torch.testing.assert_close(ours.reshape(2, 196, 32), theirs.expand(2, -1, -1), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(big.logits, small.logits, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match=r"shape \(batch_size, 3, 448, 224\).*got \(1, 3, 224, 448\)"):
-        resized(torch.randn(1, 3, 224, 448))
-    resized.save_pretrained(tmp_path)
-    reloaded = MixerForImageClassification.from_pretrained(tmp_path)
-    assert reloaded.config.image_size == [448, 224]
-    for key, value in resized.state_dict().items():
-        assert torch.equal(reloaded.state_dict()[key], value), key
-
-
-@pytest.fixture(scope="module")
-def trained_mixer():
-    """A small Mixer trained on Fashion-MNIST at 28×28 (7×7 patches of 4), and the sample's 500 test images."""
-    model = MixerForImageClassification.from_pretrained(TRAINED_MIXER).eval()
-    processor = AutoImageProcessor.from_pretrained(TRAINED_MIXER)
-    test = fashion_mnist(FASHION_MNIST_SAMPLE)["test"]
-    return model, processor, [image.convert("RGB") for image in test["image"]], torch.tensor(test["label"])
-
-
-def accuracy(model, processor, images, labels):
-    with torch.no_grad():
-        return (model(processor(images, return_tensors="pt").pixel_values).logits.argmax(-1) == labels).float().mean()
-
-
-@pytest.mark.parametrize("size, kept", [(36, 0.8), (40, 0.8), (20, 0.7), ((28, 36), 0.8), ((36, 28), 0.8)])
-def test_resize_token_mixing_resamples_a_trained_model(trained_mixer, tmp_path, size, kept):
-    """
-    At a size that is no whole multiple (36 and 40: 9×9 and 10×10 patches; 20: 5×5; 28×36 and 36×28: 7×9 and
-    9×7), the resampled model classifies the test images, resized to the new size, before any fine-tuning: it keeps
-    most of the model's accuracy at 28 (chance is 10%), with D_S unchanged. (On these 500 images: 89.8% at 28; 78.8%
-    at 36, 68.4% at 20, 80.4% at 28×36, 88.2% at 36×28.)
-    """
-    model, processor, images, labels = trained_mixer
-    resized = copy.deepcopy(model).resize_token_mixing(size)
-    config = resized.config
-    height, width = (size, size) if isinstance(size, int) else size
-    assert (config.image_height_width, config.num_tokens, config.tokens_mlp_dim) == (
-        (height, width),
-        height * width // 16,
-        32,
-    )
-    new_processor = convert.resize_image_processor(copy.deepcopy(processor), size)
-    assert new_processor.size == {"height": height, "width": width}
-    original, ours = accuracy(model, processor, images, labels), accuracy(resized, new_processor, images, labels)
-    assert original > 0.8 and ours > kept * original, (original, ours)
-
-    # The filters' scale: the first token-mixing layer's pre-activations keep their size on the resized images.
-    def pre_activations(mixer, processor):
-        with torch.no_grad():
-            embeddings = mixer.mixer.embeddings(processor(images[:100], return_tensors="pt").pixel_values)
-            token_mixing = mixer.mixer.layers[0].token_mixing
-            return token_mixing.fc1(mixer.mixer.layers[0].token_norm(embeddings).transpose(1, 2))
-
-    ratio = pre_activations(resized, new_processor).std() / pre_activations(model, processor).std()
-    assert 0.8 < ratio < 1.25, ratio
-
-    resized.save_pretrained(tmp_path)  # the updated config rebuilds the same shapes
-    reloaded = MixerForImageClassification.from_pretrained(tmp_path)
-    for key, value in resized.state_dict().items():
-        assert torch.equal(reloaded.state_dict()[key], value), key
-
-
-def test_evaluate_resize_script(tmp_path, capsys):
-    evaluate_resize.main(
-        [
-            "--model",
-            str(TRAINED_MIXER),
-            "--sizes",
-            "36",
-            "--fashion_mnist_dir",
-            str(FASHION_MNIST_SAMPLE),
-            "--save_dir",
-            str(tmp_path),
-        ]
-    )
-    printed = capsys.readouterr().out
-    assert "500 test images: " in printed and "resized to 36 (tokens 81, D_S 32): " in printed, printed
-    assert "; the input resized back to 28: " in printed, printed
-    resized = MixerForImageClassification.from_pretrained(tmp_path / "resized-36")
-    reinit = MixerForImageClassification.from_pretrained(tmp_path / "reinit-36")
-    assert AutoImageProcessor.from_pretrained(tmp_path / "reinit-36").size == {"height": 36, "width": 36}
-    for key, value in resized.state_dict().items():  # only the token-mixing weights differ
-        assert torch.equal(reinit.state_dict()[key], value) != (".token_mixing." in key), key
-
-
-def test_resize_image_processor():
-    processor = convert.resize_image_processor(convert.image_processor(224), 448)
-    assert processor.size == {"shortest_edge": 512} and processor.crop_size == {"height": 448, "width": 448}
-    assert processor(sample_image(), return_tensors="pt").pixel_values.shape == (1, 3, 448, 448)
-    processor = convert.resize_image_processor(ViTImageProcessor(size={"height": 28, "width": 28}), 36)
-    assert processor.size == {"height": 36, "width": 36}
-    assert processor(sample_image(), return_tensors="pt").pixel_values.shape == (1, 3, 36, 36)
-    processor = convert.resize_image_processor(convert.image_processor(224), (448, 224))
-    assert processor.size == {"shortest_edge": 512} and processor.crop_size == {"height": 448, "width": 224}
-    assert processor(sample_image(), return_tensors="pt").pixel_values.shape == (1, 3, 448, 224)
-
-
-# ------------------------------------------------------------------------------------------------ figures
-
-
-def test_plot_token_mixing_writes_a_png(tmp_path):
-    config = MixerConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        tokens_mlp_dim=20,
-        channels_mlp_dim=64,
-        image_size=64,
-        patch_size=8,
-        num_labels=3,
-    )
-    randomize_(MixerForImageClassification(config)).save_pretrained(tmp_path / "model")
-    plot.main(
-        [
-            "--model",
-            str(tmp_path / "model"),
-            "--output",
-            str(tmp_path / "units.png"),
-            "--layers",
-            "0",
-            "1",
-            "--columns",
-            "8",
-        ]
-    )
-    with Image.open(tmp_path / "units.png") as png:
-        assert png.format == "PNG" and png.width > 100 and png.height > 100

@@ -13,10 +13,10 @@ import torch
 import torch.distributed.checkpoint.format_utils as dcp_format
 from transformers import AutoModelForMaskedLM, TrainingArguments, pipeline
 
-import common  # noqa: E402
 import fsdp2_worker
 from configuration_mixer import MixerConfig
-from helpers import ROOT
+from helpers import ROOT, TINY_MLM
+from mixer_scripts import common
 
 TINY = dict(hidden_size=16, num_hidden_layers=2, tokens_mlp_dim=8, channels_mlp_dim=32)
 TINY_HEADS = {
@@ -25,31 +25,15 @@ TINY_HEADS = {
 }
 
 
-TINY_MLM = [
-    "--tokenizer_type",
-    "char",
-    "--max_seq_length",
-    "32",
-    "--config_overrides",
-    "hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=32,channels_mlp_dim=64",
-    "--per_device_train_batch_size",
-    "16",
-    "--per_device_eval_batch_size",
-    "32",
+TINY_MLM = TINY_MLM + [
     "--max_eval_samples",
     "32",
-    "--learning_rate",
-    "5e-3",
     "--logging_steps",
     "2",
-    "--eval_steps",
-    "1000",
     "--save_strategy",
     "no",
     "--fill_mask_examples",
     "0",
-    "--disable_tqdm",
-    "true",
 ]
 
 
@@ -138,7 +122,13 @@ def test_fsdp2_shards_each_head_and_matches_one_process_on_the_whole_batches(tmp
 
 def test_torchrun_without_use_cpu_stops_at_once_saying_what_to_add(tmp_path, text_files):
     result = torchrun(
-        ROOT / "scripts" / "run_mlm.py", *TINY_MLM, *text_files, "--max_steps", "4", "--output_dir", tmp_path / "out"
+        ROOT / "scripts" / "training" / "run_mlm.py",
+        *TINY_MLM,
+        *text_files,
+        "--max_steps",
+        "4",
+        "--output_dir",
+        tmp_path / "out",
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0
@@ -154,7 +144,7 @@ def test_torchrun_without_use_cpu_stops_at_once_saying_what_to_add(tmp_path, tex
 def test_mlm_on_two_cpu_processes_shares_the_work(tmp_path, text_files):
     output_dir = tmp_path / "ddp"
     result = torchrun(
-        ROOT / "scripts" / "run_mlm.py",
+        ROOT / "scripts" / "training" / "run_mlm.py",
         *TINY_MLM,
         *text_files,
         "--max_steps",
@@ -244,7 +234,7 @@ def test_every_script_stops_before_it_reads_data(monkeypatch, tmp_path, script):
     for name in LAUNCH_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    main = importlib.import_module(script).main
+    main = importlib.import_module(f"mixer_scripts.training.{script}").main
     message = "2 processes were launched (WORLD_SIZE=2) but this one trains alone"
     with pytest.raises(ValueError, match=re.escape(message)):
         main(
@@ -268,13 +258,13 @@ def test_a_single_process_trains(monkeypatch, tmp_path, env):
 
 
 def test_the_shipped_accelerate_fsdp_config_wraps_each_mixer_layer_and_stops_on_cpu_processes(monkeypatch, tmp_path):
-    """What `accelerate launch --config_file scripts/accelerate_fsdp.yaml` hands each process, built by accelerate."""
+    """What `accelerate launch --config_file scripts/training/accelerate_fsdp.yaml` hands each process, built by accelerate."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils import FullyShardedDataParallelPlugin
     from accelerate.utils.launch import prepare_multi_gpu_env
 
     args = launch_command_parser().parse_args(
-        ["--config_file", str(ROOT / "scripts" / "accelerate_fsdp.yaml"), "scripts/run_mlm.py"]
+        ["--config_file", str(ROOT / "scripts" / "training" / "accelerate_fsdp.yaml"), "scripts/training/run_mlm.py"]
     )
     args, _, _ = _validate_launch_command(args)
     assert args.use_fsdp and args.num_processes == 2

@@ -1,4 +1,4 @@
-"""scripts/export_onnx.py end to end: a tiny saved image classifier and a tiny saved text MLM, exported, checked in
+"""scripts/conversion/export_onnx.py end to end: a tiny saved image classifier and a tiny saved text MLM, exported, checked in
 onnxruntime and quantized."""
 
 import json
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import export_onnx
 from configuration_mixer import MixerConfig
+from mixer_scripts import onnx_utils
+from mixer_scripts.conversion import export_onnx
 from modeling_mixer import MixerForImageClassification, MixerForMaskedLM
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, tokens_mlp_dim=16, channels_mlp_dim=64)
@@ -46,11 +47,11 @@ def test_export_image_classifier(saved_models):
     # A deployment needs only the file: a batch size that was never checked, against PyTorch.
     model = MixerForImageClassification.from_pretrained(saved_models / "image").eval()
     pixels = torch.randn(7, 3, 32, 32)
-    logits = export_onnx.run(export_onnx.session(output / "model.onnx"), pixel_values=pixels)["logits"]
+    logits = onnx_utils.run(onnx_utils.session(output / "model.onnx"), pixel_values=pixels)["logits"]
     with torch.no_grad():
         np.testing.assert_allclose(logits, model(pixels).logits.numpy(), atol=1e-5)
 
-    with pytest.raises(export_onnx.ExportMismatchError, match=r"differ from PyTorch's by up to .*more than --atol"):
+    with pytest.raises(onnx_utils.ExportMismatchError, match=r"differ from PyTorch's by up to .*more than --atol"):
         export(saved_models / "image", "--atol", "1e-12")
 
 
@@ -70,17 +71,17 @@ def test_export_masked_lm(saved_models):
 
     # A length in between, right-padded, with the mask defaulting to ones for the unpadded sample.
     model = MixerForMaskedLM.from_pretrained(saved_models / "mlm").eval()
-    session = export_onnx.session(output / "model.onnx")
+    session = onnx_utils.session(output / "model.onnx")
     ids = torch.randint(0, 100, (2, 9))
     mask = torch.tensor([[1] * 9, [1] * 5 + [0] * 4])
     with torch.no_grad():
         np.testing.assert_allclose(
-            export_onnx.run(session, input_ids=ids, attention_mask=mask)["logits"],
+            onnx_utils.run(session, input_ids=ids, attention_mask=mask)["logits"],
             model(input_ids=ids, attention_mask=mask).logits.numpy(),
             atol=1e-5,
         )
         np.testing.assert_allclose(
-            export_onnx.run(session, input_ids=ids[:1])["logits"], model(input_ids=ids[:1]).logits.numpy(), atol=1e-5
+            onnx_utils.run(session, input_ids=ids[:1])["logits"], model(input_ids=ids[:1]).logits.numpy(), atol=1e-5
         )
 
     # Too long: onnxruntime fails with a shape error; `run` says what is wrong before it.
@@ -92,4 +93,4 @@ def test_export_masked_lm(saved_models):
         match=r"The sequence has 17 tokens, more than this Mixer's max_position_embeddings "
         r"\(16\)",
     ):
-        export_onnx.run(session, input_ids=too_long)
+        onnx_utils.run(session, input_ids=too_long)

@@ -21,11 +21,11 @@ from huggingface_hub import ModelCard
 from configuration_mixer import MIXER_AUTO_MAP
 from helpers import ROOT, run_without_package
 from hub_server import HubServer
+from mixer_scripts import model_card
 
 MLM, IMAGE, TRAINED = "user/mixer-mlm", "user/mixer-image", "user/mixer-trained"
 SOURCES = ("configuration_mixer.py", "modeling_mixer.py")
 TEXTS = ["w1 w2 [MASK] w3 zzz", "w4"]
-import model_card  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,7 @@ def env(hub, work, tmp_path_factory):
 
 
 def run_with_package(code: str, env: dict) -> str:
-    """Runs `code` in a fresh process that imports this project (from the checkout, installed or not)."""
-    env = {**env, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts")])}
+    """Runs `code` in a fresh process that imports this project (installed, as the tests run it)."""
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=env["WORK"], capture_output=True, text=True
     )
@@ -172,7 +171,7 @@ import torch
 from transformers import AutoModelForImageClassification, Trainer, TrainingArguments, ViTImageProcessor
 
 from configuration_mixer import MixerConfig
-from model_card import write_model_card
+from mixer_scripts.model_card import write_model_card
 from modeling_mixer import MixerForImageClassification
 
 work = Path(os.environ["WORK"])

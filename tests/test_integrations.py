@@ -16,27 +16,12 @@ from torch import nn
 from torch.ao.nn.quantized import dynamic as quantized_dynamic
 from torch.export import Dim
 from transformers import AutoImageProcessor
-from transformers.exporters.exporter_dynamo import DynamoConfig, DynamoExporter
-from transformers.exporters.exporter_onnx import OnnxConfig, OnnxExporter
-from transformers.exporters.utils import get_leaf_tensors
-from transformers.testing_utils import set_config_for_less_flaky_test, set_model_for_less_flaky_test
 
-import test_common
-from common import fashion_mnist
-from helpers import FASHION_MNIST_SAMPLE, ROOT
+from helpers import FASHION_MNIST_SAMPLE, TINY_IMAGE, TINY_TEXT, TRAINED_MIXER, image_model, text_model, with_head
+from mixer_scripts.common import fashion_mnist
 from modeling_mixer import MixerForImageClassification, MixerForMaskedLM, MixerModel
-from test_modeling import TINY_IMAGE, TINY_TEXT, image_model, text_model
 
-TRAINED_MIXER = ROOT / "tests/data/mixer-fashion-mnist-28"  # 89.8% on the sample's 500 test images
 MAX_LENGTH = TINY_TEXT["max_position_embeddings"]
-
-
-def with_head(model):
-    """A classifier that passes a gradient and gives logits to compare (timm's init zeroes it)."""
-    if isinstance(getattr(model, "classifier", None), nn.Linear):
-        with torch.no_grad():
-            nn.init.normal_(model.classifier.weight, generator=torch.Generator().manual_seed(1))
-    return model
 
 
 def texts(batch, length, seed=0):
@@ -303,48 +288,3 @@ def test_onnx_masked_lm(tmp_path):
                 expected = model(ids, attention_mask=mask).logits.numpy()
             assert logits.shape == (size, length, TINY_TEXT["vocab_size"])
             assert np.abs(logits - expected).max() <= 1e-4, (size, length)
-
-
-# ------------------------------------------------------------------------------------------- transformers' exporters
-# What transformers' ExportTesterMixin (its tests/exporters/test_export.py, not in the source distribution) runs on
-# every class of a model's common tests: each class built from the common model tester's config and inputs, exported
-# with transformers' own DynamoExporter and OnnxExporter, the outputs compared to eager's at 1e-4. Beyond the mixin:
-# the values of the ONNX outputs too (it compares their names), and a run at a smaller batch (and a shorter text) than
-# the export's. Left out for time (about 17 s on 2 cores): the mixin's static exports (the dynamic ones run at the
-# traced shapes as well), and the OnnxExporter of the image classifier and the MLM, whose graphs
-# test_onnx_image_classifier and test_onnx_masked_lm export with torch.onnx.export, as OnnxExporter does.
-
-EXPORT_CASES = [
-    (test.modality, model_class, backend)
-    for test in (test_common.MixerImageCommonTest, test_common.MixerTextCommonTest)
-    for model_class in test.all_model_classes
-    for backend in ("dynamo", "onnx")
-    if backend == "dynamo" or model_class not in (MixerForImageClassification, MixerForMaskedLM)
-]
-
-
-@pytest.mark.parametrize(
-    "modality, model_class, backend",
-    EXPORT_CASES,
-    ids=[f"{modality}-{cls.__name__}-{backend}" for modality, cls, backend in EXPORT_CASES],
-)
-def test_transformers_exporters(modality, model_class, backend):
-    config, inputs = test_common.MixerModelTester(None, modality).prepare_config_and_inputs_for_common()
-    set_config_for_less_flaky_test(config)
-    torch.manual_seed(0)
-    model = with_head(model_class(config).eval())
-    set_model_for_less_flaky_test(model)
-    exporter, export_config = (
-        (DynamoExporter(), DynamoConfig(dynamic=True))
-        if backend == "dynamo"
-        else (OnnxExporter(), OnnxConfig(dynamic=True))
-    )
-    exported = exporter.export(model, copy.deepcopy(inputs), config=export_config)
-    # Traced with 13 rows (of 7 tokens for a text): run with them, and with 5 (of 4 tokens).
-    smaller = {key: value[:5] if modality == "image" else value[:5, :4] for key, value in inputs.items()}
-    for batch in (inputs, smaller):
-        with torch.no_grad():
-            expected = get_leaf_tensors(model(**copy.deepcopy(batch)))
-        outputs = get_leaf_tensors(exported(**copy.deepcopy(batch)))
-        assert set(outputs) == set(expected)
-        torch.testing.assert_close(outputs, expected, rtol=1e-4, atol=1e-4)

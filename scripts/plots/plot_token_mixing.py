@@ -3,7 +3,7 @@ Draws the hidden units of token-mixing MLPs, as the paper's Figures 5-6: each un
 patch, shown as a small image of the patch grid (red positive, blue negative, each unit on its own symmetric scale).
 Units are sorted from low to high spatial frequency.
 
-    python scripts/plot_token_mixing.py --model mixer-b16 --layers 0 1 2 --output token_mixing.png
+    python scripts/plots/plot_token_mixing.py --model mixer-b16 --layers 0 1 2 --output token_mixing.png
 """
 
 import argparse

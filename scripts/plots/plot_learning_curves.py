@@ -2,7 +2,7 @@
 """
 Learning curves of Trainer runs, from the trainer_state.json that the training scripts save:
 
-    python scripts/plot_learning_curves.py docs/mlm_curves.png Mixer=outputs/mixer-mlm BERT=outputs/bert-mlm
+    python scripts/plots/plot_learning_curves.py docs/mlm_curves.png Mixer=outputs/mixer-mlm BERT=outputs/bert-mlm
 
 `--x budget` draws each run against the share of its own steps done: for runs that were given the steps of the same
 time budget, the same point on the axis is the same time.

@@ -4,7 +4,7 @@ Trains the small Mixer that the resize tests load (tests/data/mixer-fashion-mnis
 recipe on the full Fashion-MNIST (28×28, patches 4×4: a 7×7 grid), hidden 64, 3 layers, D_S 32, D_C 128, 1,500 steps
 (a few minutes on 2 CPU cores). Keeps the config, the weights (~260 KB) and the image processor.
 
-    python scripts/make_resize_test_model.py
+    python scripts/test_data/make_resize_test_model.py
 """
 
 import argparse
@@ -21,13 +21,13 @@ KEPT = ["config.json", "model.safetensors", "preprocessor_config.json"]
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=Path(__file__).parents[1] / "tests/data/mixer-fashion-mnist-28")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parents[2] / "tests/data/mixer-fashion-mnist-28")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
             [
                 sys.executable,
-                Path(__file__).with_name("run_image_classification.py"),
+                Path(__file__).parents[1] / "training" / "run_image_classification.py",
                 "--config_overrides",
                 MODEL,
                 "--max_steps",

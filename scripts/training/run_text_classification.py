@@ -15,20 +15,20 @@ The comparison (800 steps each; results in docs/text.md):
 
     make train                          # 1. pre-train the Mixer MLM on Shakespeare → outputs/mixer-mlm-shakespeare,
     make train-text-classification      #    then fine-tune it → outputs/mixer-mlm-rotten-tomatoes
-    python scripts/run_text_classification.py --tokenizer_name outputs/mixer-mlm-shakespeare \\
+    python scripts/training/run_text_classification.py --tokenizer_name outputs/mixer-mlm-shakespeare \\
         --output_dir outputs/mixer-rotten-tomatoes     # 2. the same Mixer (and tokenizer), from scratch
-    python scripts/run_text_classification.py --model_type bert --tokenizer_name outputs/mixer-mlm-shakespeare \\
+    python scripts/training/run_text_classification.py --model_type bert --tokenizer_name outputs/mixer-mlm-shakespeare \\
         --output_dir outputs/bert-rotten-tomatoes      # 3. a BERT of matched size, from scratch
-    python scripts/run_text_classification.py --model_name_or_path outputs/bert-mlm-shakespeare \\
+    python scripts/training/run_text_classification.py --model_name_or_path outputs/bert-mlm-shakespeare \\
         --output_dir outputs/bert-mlm-rotten-tomatoes  # 4. that BERT pre-trained by run_mlm.py --model_type bert
 
 Runs 2 and 3 build the default model of run_mlm.py, sized by the tokenizer (vocabulary, model_max_length): give them
 the --config_overrides of the pre-training if it had any. The main job's tokenizer is a WordPiece of 8,192 tokens and
 its Mixer takes 128 positions: every snippet fits whole (at most 90 tokens). Other data:
 
-    python scripts/run_text_classification.py --train_file train.csv --validation_file dev.csv --test_file test.csv \\
+    python scripts/training/run_text_classification.py --train_file train.csv --validation_file dev.csv --test_file test.csv \\
         --text_column_name review --label_column_name sentiment --tokenizer_type wordpiece
-    python scripts/run_text_classification.py --dataset_name cornell-movie-review-data/rotten_tomatoes  # online
+    python scripts/training/run_text_classification.py --dataset_name cornell-movie-review-data/rotten_tomatoes  # online
 
 Every `TrainingArguments` flag works (`--learning_rate`, `--max_steps`, `--push_to_hub`, `--use_cpu`...).
 """
@@ -43,7 +43,6 @@ import numpy as np
 import pandas as pd
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from transformers import (
-    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -54,13 +53,14 @@ from transformers import (
 )
 
 import modeling_mixer  # noqa: F401  (registers the Mixer with the Auto classes)
-from common import (
+from mixer_scripts.common import (
     TEXT_MODEL_DEFAULTS,
     TextModelArguments,
     check_column,
     encode_labels,
     load_dataset_or_explain,
     load_metric,
+    load_pretrained_with_labels,
     parse_config_overrides,
     setup_logging,
     train_evaluate_save,
@@ -240,23 +240,7 @@ def main(argv=None):
 
     # Model: a saved one with a new classifier, or a new one of run_mlm.py's size and --config_overrides.
     if model_args.model_name_or_path:
-        config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path,
-            cache_dir=model_args.cache_dir,
-            revision=model_args.model_revision,
-            token=model_args.token,
-            trust_remote_code=model_args.trust_remote_code,
-            **label_kwargs,
-        )
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_args.model_name_or_path,
-            config=config,
-            cache_dir=model_args.cache_dir,
-            revision=model_args.model_revision,
-            token=model_args.token,
-            trust_remote_code=model_args.trust_remote_code,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        )
+        model = load_pretrained_with_labels(AutoModelForSequenceClassification, model_args, label_kwargs)
         max_length = min(max_length, model.config.max_position_embeddings)
     else:
         config_class, _, defaults = TEXT_MODEL_DEFAULTS[model_args.model_type]

@@ -6,7 +6,7 @@ size on the same images resized back. `--save_dir` also writes, for each size, t
 comparison in docs/vision.md: the resized model (`resized-SIZE`) and the same with freshly initialised token-mixing
 weights (`reinit-SIZE`).
 
-    python scripts/evaluate_resize.py --model tests/data/mixer-fashion-mnist-28 --sizes 20 36 40 56 28x36 \
+    python scripts/conversion/evaluate_resize.py --model tests/data/mixer-fashion-mnist-28 --sizes 20 36 40 56 28x36 \
         --save_dir outputs/resize
 """
 
@@ -19,8 +19,8 @@ import PIL.Image
 import torch
 from transformers import AutoImageProcessor
 
-from common import FASHION_MNIST, fashion_mnist
 from convert_mixer_checkpoint import resize_image_processor
+from mixer_scripts.common import FASHION_MNIST, fashion_mnist
 from modeling_mixer import MixerForImageClassification
 
 

@@ -1,12 +1,12 @@
 """Where the time of one training (or inference) step goes: `torch.profiler` over the benchmark's models.
 
-Each model of a case from `scripts/benchmark.py` runs a few warm-up steps (compiling, if it is a `-compiled` model),
+Each model of a case from `scripts/benchmarks/benchmark.py` runs a few warm-up steps (compiling, if it is a `-compiled` model),
 then a few profiled ones. The table groups the operators' self time on the device (CUDA time on a GPU, CPU time on
 the CPU) into matrix products, normalisation, activations, other elementwise work, copies and casts, the optimizer,
 and the rest, per step; the top operators follow. Writes `<output_dir>/profile.json` and `profile.md`.
 
-    python scripts/profile_step.py --case B/16 --models mixer-compiled,timm-compiled --device cuda --dtype bfloat16
-    python scripts/profile_step.py --case tiny-image --models mixer,timm --steps 2      # a quick look on the CPU
+    python scripts/benchmarks/profile_step.py --case B/16 --models mixer-compiled,timm-compiled --device cuda --dtype bfloat16
+    python scripts/benchmarks/profile_step.py --case tiny-image --models mixer,timm --steps 2      # a quick look on the CPU
 """
 
 import argparse
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmark_cases import CASES, prepare, synchronize
+from mixer_scripts.benchmark_cases import CASES, prepare, synchronize
 
 # First match wins; names are those of aten operators and of the kernels that inductor and cuBLAS generate.
 CATEGORIES = [

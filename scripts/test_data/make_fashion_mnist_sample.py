@@ -4,7 +4,7 @@ Writes the Fashion-MNIST sample that the tests read (tests/data/fashion-mnist): 
 full data set's train and t10k files, in the same IDX .gz format, so that `run_image_classification.py` loads it as
 it loads the full set (`--fashion_mnist_dir tests/data/fashion-mnist`).
 
-    python scripts/make_fashion_mnist_sample.py    # from Debian's dataset-fashion-mnist, 1,000 train, 500 test
+    python scripts/test_data/make_fashion_mnist_sample.py    # from Debian's dataset-fashion-mnist, 1,000 train, 500 test
 """
 
 import argparse
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import FASHION_MNIST, read_idx
+from mixer_scripts.common import FASHION_MNIST, read_idx
 
 
 def write_idx(path: Path, array: np.ndarray):
@@ -26,7 +26,7 @@ def write_idx(path: Path, array: np.ndarray):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, default=FASHION_MNIST, help="the full data set's folder")
-    parser.add_argument("--output", type=Path, default=Path(__file__).parents[1] / "tests/data/fashion-mnist")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parents[2] / "tests/data/fashion-mnist")
     parser.add_argument("--train", type=int, default=1000, help="images from the training file")
     parser.add_argument("--test", type=int, default=500, help="images from the test file")
     args = parser.parse_args(argv)

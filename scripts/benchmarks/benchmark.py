@@ -9,9 +9,9 @@ per multiply-add, backward = 2 × forward) is given as a fraction of it. Peak me
 on CUDA; on the CPU, the rise of the peak resident set size of a fresh process over the loaded model, measured in a
 subprocess per model.
 
-    python scripts/benchmark.py                              # the default cases on the CPU, fp32
-    python scripts/benchmark.py --device cuda --dtype bfloat16 --batch_size 64
-    python scripts/benchmark.py --cases text-128 --models mixer,bert --rounds 3
+    python scripts/benchmarks/benchmark.py                              # the default cases on the CPU, fp32
+    python scripts/benchmarks/benchmark.py --device cuda --dtype bfloat16 --batch_size 64
+    python scripts/benchmarks/benchmark.py --cases text-128 --models mixer,bert --rounds 3
 
 Writes `<output_dir>/benchmark.json`, `benchmark.md` (the table printed at the end) and `benchmark.png`.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark_cases import CASES, TUNING, forward_flops, matmul_peak, prepare, synchronize
+from mixer_scripts.benchmark_cases import CASES, TUNING, forward_flops, matmul_peak, prepare, synchronize
 
 DEFAULT_CASES = ["S/16", "B/16", "text-128", "text-512"]
 

@@ -1,16 +1,16 @@
 """Latency and throughput of a Mixer's deployment paths on the CPU, and their accuracy on a trained model.
 
 The paths: PyTorch eager, `torch.compile` (inductor, fullgraph), onnxruntime fp32 and onnxruntime int8 (the graphs of
-scripts/export_onnx.py). Each batch size is timed on its own: warm-up first (that is where `torch.compile` compiles),
+scripts/conversion/export_onnx.py). Each batch size is timed on its own: warm-up first (that is where `torch.compile` compiles),
 then rounds in which every path runs in turn, so that drift on a shared machine hits all alike; the median over rounds
 is reported. PyTorch and onnxruntime get the same number of threads; onnxruntime's do not spin when idle (they would
 hold the cores while the next path runs). Text models run at max_position_embeddings.
 The accuracy part exports the trained model of tests/data (a 28×28 Mixer) and classifies the sample's 500 test images
 with each path, preprocessed by the model's image processor.
 
-    python scripts/benchmark_onnx.py                                # Mixer-S/16 at 224, random weights
-    python scripts/benchmark_onnx.py --model_name_or_path outputs/mlm --batch_sizes 1,32 --rounds 20
-    python scripts/benchmark_onnx.py --threads 1 --output_dir docs/results/onnx
+    python scripts/benchmarks/benchmark_onnx.py                                # Mixer-S/16 at 224, random weights
+    python scripts/benchmarks/benchmark_onnx.py --model_name_or_path outputs/mlm --batch_sizes 1,32 --rounds 20
+    python scripts/benchmarks/benchmark_onnx.py --threads 1 --output_dir docs/results/onnx
 
 Writes `<output_dir>/benchmark_onnx.json` and `benchmark_onnx.md` (the table printed at the end).
 """
@@ -21,7 +21,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,12 +30,12 @@ import onnxruntime
 import torch
 from transformers import AutoImageProcessor
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import export_onnx  # noqa: E402
-from common import fashion_mnist  # noqa: E402
-from configuration_mixer import MixerConfig  # noqa: E402
-from modeling_mixer import MixerForImageClassification  # noqa: E402
+from configuration_mixer import MixerConfig
+from mixer_scripts import onnx_utils
+from mixer_scripts.common import fashion_mnist
+from modeling_mixer import MixerForImageClassification
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PATHS = ("pytorch", "torch.compile", "onnxruntime fp32", "onnxruntime int8")
 TRAINED = ROOT / "tests/data/mixer-fashion-mnist-28"
@@ -53,8 +52,8 @@ def cpu_name() -> str:
 
 def onnx_models(model, folder) -> dict:
     """The fp32 and int8 graphs of `model`, written to `folder`."""
-    fp32 = export_onnx.export(model, Path(folder) / "model.onnx")
-    return {"fp32": fp32, "int8": export_onnx.quantize(fp32, Path(folder) / "model.int8.onnx")}
+    fp32 = onnx_utils.export(model, Path(folder) / "model.onnx")
+    return {"fp32": fp32, "int8": onnx_utils.quantize(fp32, Path(folder) / "model.int8.onnx")}
 
 
 def runners(model, files, inputs: dict, threads: int) -> dict:
@@ -62,7 +61,7 @@ def runners(model, files, inputs: dict, threads: int) -> dict:
     tensors = {name: torch.from_numpy(value) for name, value in inputs.items()}
     torch._dynamo.reset()  # each batch size compiles afresh, without dynamic shapes
     compiled = torch.compile(model, fullgraph=True)
-    sessions = {kind: export_onnx.session(path, threads, spinning=False) for kind, path in files.items()}
+    sessions = {kind: onnx_utils.session(path, threads, spinning=False) for kind, path in files.items()}
 
     def eager(module):
         def run():
@@ -93,13 +92,13 @@ def time_paths(runs: dict, rounds: int, warmup: int) -> dict:
 
 def fashion_mnist_accuracy(folder, threads: int, batch_size: int = 100) -> dict:
     """Accuracy of each path (but torch.compile) on the sample's test images, and agreement with PyTorch."""
-    model = export_onnx.load(TRAINED)
+    model = onnx_utils.load(TRAINED)
     processor = AutoImageProcessor.from_pretrained(TRAINED)
     test = fashion_mnist(FASHION_MNIST_SAMPLE)["test"]
     pixels = processor([image.convert("RGB") for image in test["image"]], return_tensors="np")["pixel_values"]
     labels = np.asarray(test["label"])
     sessions = {
-        f"onnxruntime {kind}": export_onnx.session(path, threads) for kind, path in onnx_models(model, folder).items()
+        f"onnxruntime {kind}": onnx_utils.session(path, threads) for kind, path in onnx_models(model, folder).items()
     }
     predictions = {name: [] for name in ("pytorch", *sessions)}
     for start in range(0, len(labels), batch_size):
@@ -107,7 +106,7 @@ def fashion_mnist_accuracy(folder, threads: int, batch_size: int = 100) -> dict:
         with torch.no_grad():
             predictions["pytorch"].append(model(torch.from_numpy(batch)).logits.argmax(-1).numpy())
         for name, session in sessions.items():
-            predictions[name].append(export_onnx.run(session, pixel_values=batch)["logits"].argmax(-1))
+            predictions[name].append(onnx_utils.run(session, pixel_values=batch)["logits"].argmax(-1))
     predictions = {name: np.concatenate(p) for name, p in predictions.items()}
     reference = predictions["pytorch"]
     return {"model": str(TRAINED.relative_to(ROOT)), "images": len(labels)} | {
@@ -130,7 +129,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model_name_or_path:
-        model, name = export_onnx.load(args.model_name_or_path), args.model_name_or_path
+        model, name = onnx_utils.load(args.model_name_or_path), args.model_name_or_path
     else:
         torch.manual_seed(0)
         model, name = MixerForImageClassification(MixerConfig.from_variant("S/16", num_labels=1000)).eval(), "S/16"
@@ -147,7 +146,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         files = onnx_models(model, folder)
         for batch_size in map(int, args.batch_sizes.split(",")):
-            inputs = export_onnx.random_inputs(model.config, batch_size)
+            inputs = onnx_utils.random_inputs(model.config, batch_size)
             if "attention_mask" in inputs:
                 inputs["attention_mask"][:] = 1
             seconds = time_paths(runners(model, files, inputs, args.threads), args.rounds, args.warmup)

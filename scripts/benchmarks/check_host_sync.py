@@ -6,7 +6,7 @@ under `torch.cuda.set_sync_debug_mode("error")`, which raises at any synchronisi
 are timed as they run and with the data checks forced in (the cost of that sync). Text runs with the dense MLM head
 and with `sparse_prediction`, whose selection of the labelled positions has a data-dependent size: one sync.
 
-    python scripts/check_host_sync.py --output_dir gpu_results/host-sync      # needs CUDA
+    python scripts/benchmarks/check_host_sync.py --output_dir gpu_results/host-sync      # needs CUDA
 """
 
 import argparse
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark_cases import CASES, build, make_inputs
+from mixer_scripts.benchmark_cases import CASES, build, make_inputs
 
 
 def measure(case, sparse, batch_size: int, steps: int) -> dict:

@@ -8,11 +8,11 @@ dataset-fashion-mnist`; or the four .gz files of github.com/zalandoresearch/fash
 `--fashion_mnist_dir`), holds out 10% of the training images for evaluation during training, and reports the
 accuracy on the 10,000 test images at the end:
 
-    python scripts/run_image_classification.py                 # a small Mixer, ~10 minutes on 2 CPU cores
-    python scripts/run_image_classification.py --model_type vit --output_dir outputs/vit-fashion-mnist
-    python scripts/run_image_classification.py --train_dir photos/train --validation_dir photos/val \
+    python scripts/training/run_image_classification.py                 # a small Mixer, ~10 minutes on 2 CPU cores
+    python scripts/training/run_image_classification.py --model_type vit --output_dir outputs/vit-fashion-mnist
+    python scripts/training/run_image_classification.py --train_dir photos/train --validation_dir photos/val \
         --model_variant S/16 --config_overrides image_size=224
-    python scripts/run_image_classification.py --dataset_name uoft-cs/cifar10 --image_column_name img   # online
+    python scripts/training/run_image_classification.py --dataset_name uoft-cs/cifar10 --image_column_name img   # online
 
 Every `TrainingArguments` flag works (`--learning_rate`, `--max_steps`, `--push_to_hub`, `--use_cpu`...).
 """
@@ -29,7 +29,6 @@ import torch
 from datasets import Dataset, DatasetDict, Image, IterableDataset, IterableDatasetDict
 from torchvision import transforms
 from transformers import (
-    AutoConfig,
     AutoImageProcessor,
     AutoModelForImageClassification,
     HfArgumentParser,
@@ -42,7 +41,8 @@ from transformers import (
 )
 
 import modeling_mixer  # noqa: F401  (registers the Mixer with the Auto classes)
-from common import (
+from configuration_mixer import MixerConfig
+from mixer_scripts.common import (
     FASHION_MNIST,
     check_column,
     check_streaming,
@@ -52,12 +52,12 @@ from common import (
     hold_out_every_kth,
     load_dataset_or_explain,
     load_metric,
+    load_pretrained_with_labels,
     log_precision,
     parse_config_overrides,
     setup_logging,
     train_evaluate_save,
 )
-from configuration_mixer import MixerConfig
 from modeling_mixer import MixerForImageClassification
 
 logger = logging.getLogger(__name__)
@@ -382,23 +382,7 @@ def main(argv=None):
     )
 
     if model_args.model_name_or_path:
-        config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path,
-            cache_dir=model_args.cache_dir,
-            revision=model_args.model_revision,
-            token=model_args.token,
-            trust_remote_code=model_args.trust_remote_code,
-            **label_kwargs,
-        )
-        model = AutoModelForImageClassification.from_pretrained(
-            model_args.model_name_or_path,
-            config=config,
-            cache_dir=model_args.cache_dir,
-            revision=model_args.model_revision,
-            token=model_args.token,
-            trust_remote_code=model_args.trust_remote_code,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        )
+        model = load_pretrained_with_labels(AutoModelForImageClassification, model_args, label_kwargs)
     else:
         config_class, model_class, defaults = MODEL_DEFAULTS[model_args.model_type]
         overrides = parse_config_overrides(config_class, model_args.config_overrides)

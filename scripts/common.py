@@ -344,6 +344,22 @@ def load_dataset_or_explain(*args, hint: str = "", **kwargs):
         raise ValueError(f"Could not load the dataset ({what}): {type(error).__name__}: {error}. {hint}") from error
 
 
+def load_hub_dataset(data_args, model_args, hint: str, **kwargs):
+    """
+    --dataset_name (and --dataset_config_name) through `load_dataset_or_explain`, with the model arguments' cache
+    folder, token and remote-code choice.
+    """
+    return load_dataset_or_explain(
+        data_args.dataset_name,
+        data_args.dataset_config_name,
+        cache_dir=model_args.cache_dir,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code or None,
+        hint=hint,
+        **kwargs,
+    )
+
+
 def check_column(dataset, column: str, option: str):
     # A stream (IterableDataset) of csv or json rows knows its columns once it has read a row.
     columns = dataset.column_names if dataset.column_names is not None else list(next(iter(dataset), {}))

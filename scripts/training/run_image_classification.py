@@ -51,6 +51,7 @@ from mixer_scripts.common import (
     fashion_mnist,
     hold_out_every_kth,
     load_dataset_or_explain,
+    load_hub_dataset,
     load_metric,
     load_pretrained_with_labels,
     log_precision,
@@ -181,15 +182,7 @@ def load_raw_datasets(data_args, model_args) -> DatasetDict:
     hint = "Pass --dataset_name (a Hub dataset), --train_dir/--validation_dir, or nothing for Fashion-MNIST."
     streaming = data_args.streaming
     if data_args.dataset_name is not None:
-        raw = load_dataset_or_explain(
-            data_args.dataset_name,
-            data_args.dataset_config_name,
-            cache_dir=model_args.cache_dir,
-            token=model_args.token,
-            trust_remote_code=model_args.trust_remote_code or None,
-            streaming=streaming,
-            hint=hint,
-        )
+        raw = load_hub_dataset(data_args, model_args, hint, streaming=streaming)
     elif data_args.train_dir is not None:
         files = {"train": image_folder(data_args.train_dir)}
         if data_args.validation_dir is not None:

@@ -47,6 +47,7 @@ from mixer_scripts.common import (
     choose_precision,
     hold_out_every_kth,
     load_dataset_or_explain,
+    load_hub_dataset,
     load_metric,
     log_precision,
     parse_config_overrides,
@@ -132,15 +133,7 @@ def load_raw_datasets(data_args, model_args) -> DatasetDict | IterableDatasetDic
     hint = "Pass --dataset_name (a Hub dataset), --train_file/--validation_file, or nothing for Shakespeare."
     streaming = data_args.streaming
     if data_args.dataset_name is not None:
-        raw = load_dataset_or_explain(
-            data_args.dataset_name,
-            data_args.dataset_config_name,
-            cache_dir=model_args.cache_dir,
-            token=model_args.token,
-            trust_remote_code=model_args.trust_remote_code or None,
-            streaming=streaming,
-            hint=hint,
-        )
+        raw = load_hub_dataset(data_args, model_args, hint, streaming=streaming)
     elif data_args.train_file is not None:
         files = {"train": data_args.train_file}
         if data_args.validation_file is not None:

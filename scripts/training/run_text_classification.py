@@ -59,6 +59,7 @@ from mixer_scripts.common import (
     check_column,
     encode_labels,
     load_dataset_or_explain,
+    load_hub_dataset,
     load_metric,
     load_pretrained_with_labels,
     parse_config_overrides,
@@ -142,14 +143,7 @@ def load_raw_datasets(data_args, model_args) -> DatasetDict:
         "Rotten Tomatoes snippets."
     )
     if data_args.dataset_name is not None:
-        raw = load_dataset_or_explain(
-            data_args.dataset_name,
-            data_args.dataset_config_name,
-            cache_dir=model_args.cache_dir,
-            token=model_args.token,
-            trust_remote_code=model_args.trust_remote_code or None,
-            hint=hint,
-        )
+        raw = load_hub_dataset(data_args, model_args, hint)
     elif data_args.train_file is not None:
         files = {
             split: path

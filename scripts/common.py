@@ -1,4 +1,4 @@
-"""What the training scripts share: logging, config overrides, the metrics, loading data, the run and its card."""
+"""What the training scripts share: logging, configs, metrics, data loading, the optimizer, the run and its card."""
 
 import functools
 import gzip
@@ -23,6 +23,7 @@ from transformers import (
     FNetConfig,
     FNetForMaskedLM,
     PreTrainedTokenizerFast,
+    Trainer,
     TrainerCallback,
 )
 
@@ -435,6 +436,80 @@ def encode_labels(raw: DatasetDict, column: str) -> DatasetDict:
     if len(names) < 2:
         raise ValueError(f"The column {column!r} holds a single class ({names}): a classifier needs two at least.")
     return raw
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """
+    Muon (`torch.optim.Muon`: momentum orthogonalised by Newton-Schulz iterations, Jordan et al. 2024) for the given
+    matrices and AdamW for the other parameters, as one optimizer, so that the Trainer's one schedule drives both.
+    Muon's update is scaled to the RMS of AdamW's (`match_rms_adamw`, Liu et al. 2025): one learning rate and one
+    weight decay serve both.
+    """
+
+    def __init__(self, matrices, adamw_groups, lr: float, weight_decay: float, betas, eps: float):
+        self.optimizers = {
+            "muon": torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw"),
+            "adamw": torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
+        }
+        super().__init__([p for group in adamw_groups for p in group["params"]] + list(matrices), {})
+        self.share_param_groups()
+
+    def share_param_groups(self):
+        # The two optimizers' own groups, not copies, so that the schedule's learning rates reach both. Loading a
+        # state makes new groups: Accelerate loads one when it wraps the optimizer, the Trainer when it resumes.
+        self.param_groups = [group for optimizer in self.optimizers.values() for group in optimizer.param_groups]
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:  # once for both, as torch's optimizers evaluate it
+            with torch.enable_grad():
+                loss = closure()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        return loss
+
+    def state_dict(self):
+        return {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()}
+
+    def load_state_dict(self, state_dict):
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state_dict[name])
+        self.share_param_groups()
+
+
+class MuonTrainer(Trainer):
+    """
+    The Trainer, with `muon`: the weights of the trunk's linear layers (`model.base_model`: the Mixer layers, or the
+    encoder of a ViT or BERT) trained with Muon, the rest (embeddings, patch projection, norms, biases, heads) with
+    AdamW, under the Trainer's one learning rate, weight decay and schedule.
+    """
+
+    def __init__(self, *args, muon: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.muon = muon
+
+    def create_optimizer(self, model=None):
+        if not self.muon or self.optimizer is not None:
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        trunk_matrices = {
+            id(module.weight) for module in model.base_model.modules() if isinstance(module, torch.nn.Linear)
+        }
+        decay = set(self.get_decay_parameter_names(model))
+        matrices, decayed, not_decayed = [], [], []
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                (matrices if id(param) in trunk_matrices else decayed if name in decay else not_decayed).append(param)
+        args = self.args
+        self.optimizer = MuonWithAdamW(
+            matrices,
+            [{"params": decayed}, {"params": not_decayed, "weight_decay": 0.0}],
+            lr=args.learning_rate,
+            weight_decay=args.weight_decay,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+        )
+        return self.optimizer
 
 
 class StopOnDivergence(TrainerCallback):

@@ -27,8 +27,19 @@ from transformers import (
 )
 
 from configuration_mixer import MixerConfig
-from helpers import FASHION_MNIST_SAMPLE, ROOT, TINY_IMAGES, TINY_MIXER_IMAGES, TINY_MLM, losses, randomize_, without
+from helpers import (
+    FASHION_MNIST_SAMPLE,
+    ROOT,
+    TINY_IMAGES,
+    TINY_MIXER_IMAGES,
+    TINY_MLM,
+    losses,
+    randomize_,
+    text_model,
+    without,
+)
 from mixer_scripts import common
+from mixer_scripts.common import MuonTrainer, MuonWithAdamW
 from mixer_scripts.plots import plot_token_mixing as plot
 from mixer_scripts.training import run_image_classification, run_mlm
 from modeling_mixer import MixerForImageClassification
@@ -431,7 +442,7 @@ def test_muon_takes_the_vits_encoder_matrices_and_leaves_its_embeddings_and_head
             num_labels=3,
         )
     )
-    trainer = run_image_classification.ImageClassificationTrainer(
+    trainer = MuonTrainer(
         model=model, muon=True, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
     )
     optimizers = trainer.create_optimizer().optimizers
@@ -448,11 +459,29 @@ def test_muon_takes_the_vits_encoder_matrices_and_leaves_its_embeddings_and_head
     )  # the patch projection, cls token, positions, norms, biases, head
 
 
+def test_muon_takes_the_mixer_layers_matrices_of_a_masked_lm_and_leaves_embeddings_and_head_to_adamw(tmp_path):
+    """The main job's optimizer: the word embeddings (tied to the decoder) and the head's transform stay with AdamW."""
+    model = text_model()
+    trainer = MuonTrainer(
+        model=model, muon=True, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    )
+    optimizers = trainer.create_optimizer().optimizers
+    names = {p: name for name, p in model.named_parameters()}
+    in_muon = {names[p] for group in optimizers["muon"].param_groups for p in group["params"]}
+    assert in_muon == {
+        f"mixer.layers.{i}.{mlp}.{fc}.weight"
+        for i in range(model.config.num_hidden_layers)
+        for mlp in ("token_mixing", "channel_mixing")
+        for fc in ("fc1", "fc2")
+    }
+    in_adamw = {names[p] for group in optimizers["adamw"].param_groups for p in group["params"]}
+    assert in_adamw == set(names.values()) - in_muon
+    assert {"mixer.embeddings.word_embeddings.weight", "lm_head.dense.weight"} <= in_adamw
+
+
 def test_muon_with_adamw_evaluates_a_closure_once_for_both_and_returns_its_loss():
     weight, bias = torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.zeros(4))
-    optimizer = run_image_classification.MuonWithAdamW(
-        [weight], [{"params": [bias]}], lr=1e-2, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8
-    )
+    optimizer = MuonWithAdamW([weight], [{"params": [bias]}], lr=1e-2, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8)
     calls = []
 
     def closure():

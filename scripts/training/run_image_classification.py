@@ -32,7 +32,6 @@ from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
     HfArgumentParser,
-    Trainer,
     TrainingArguments,
     ViTConfig,
     ViTForImageClassification,
@@ -44,6 +43,7 @@ import modeling_mixer  # noqa: F401  (registers the Mixer with the Auto classes)
 from configuration_mixer import MixerConfig
 from mixer_scripts.common import (
     FASHION_MNIST,
+    MuonTrainer,
     check_column,
     check_streaming,
     choose_precision,
@@ -237,83 +237,20 @@ def open_image(value) -> PIL.Image.Image:
 # ---------------------------------------------------------------------------------------------------- main
 
 
-class MuonWithAdamW(torch.optim.Optimizer):
+class ImageClassificationTrainer(MuonTrainer):
     """
-    Muon (`torch.optim.Muon`: momentum orthogonalised by Newton-Schulz iterations, Jordan et al. 2024) for the given
-    matrices and AdamW for the other parameters, as one optimizer, so that the Trainer's one schedule drives both.
-    Muon's update is scaled to the RMS of AdamW's (`match_rms_adamw`, Liu et al. 2025): one learning rate and one
-    weight decay serve both.
-    """
-
-    def __init__(self, matrices, adamw_groups, lr: float, weight_decay: float, betas, eps: float):
-        self.optimizers = {
-            "muon": torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw"),
-            "adamw": torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
-        }
-        super().__init__([p for group in adamw_groups for p in group["params"]] + list(matrices), {})
-        self.share_param_groups()
-
-    def share_param_groups(self):
-        # The two optimizers' own groups, not copies, so that the schedule's learning rates reach both. Loading a
-        # state makes new groups: Accelerate loads one when it wraps the optimizer, the Trainer when it resumes.
-        self.param_groups = [group for optimizer in self.optimizers.values() for group in optimizer.param_groups]
-
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:  # once for both, as torch's optimizers evaluate it
-            with torch.enable_grad():
-                loss = closure()
-        for optimizer in self.optimizers.values():
-            optimizer.step()
-        return loss
-
-    def state_dict(self):
-        return {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()}
-
-    def load_state_dict(self, state_dict):
-        for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state_dict[name])
-        self.share_param_groups()
-
-
-class ImageClassificationTrainer(Trainer):
-    """
-    The Trainer with three options of the image recipes. `mixup_alpha` > 0 trains on convex combinations of pairs of
-    images and of their one-hot labels (Zhang et al., 2018), smoothed by --label_smoothing_factor as the Trainer
-    smooths plain labels. `flip_test_images` evaluates each image and its mirror image and averages their logits
-    (for a model trained with flips, whose classes a mirror does not change). `muon` trains the 2-D weights of the
-    model's layers (the linear layers of the Mixer layers or of the ViT's encoder; not the classifier) with Muon,
-    and the patch projection (a 4-D convolution), the norms, the biases and the classifier with AdamW.
+    The Trainer (with `muon`, as `MuonTrainer`) and two options of the image recipes. `mixup_alpha` > 0 trains on
+    convex combinations of pairs of images and of their one-hot labels (Zhang et al., 2018), smoothed by
+    --label_smoothing_factor as the Trainer smooths plain labels. `flip_test_images` evaluates each image and its
+    mirror image and averages their logits (for a model trained with flips, whose classes a mirror does not change).
     """
 
     loss_is_scaled_for_ga = False  # a mean over the batch
 
-    def __init__(self, *args, mixup_alpha: float = 0.0, flip_test_images: bool = False, muon: bool = False, **kwargs):
+    def __init__(self, *args, mixup_alpha: float = 0.0, flip_test_images: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.beta = torch.distributions.Beta(mixup_alpha, mixup_alpha) if mixup_alpha > 0 else None
         self.flip_test_images = flip_test_images
-        self.muon = muon
-
-    def create_optimizer(self, model=None):
-        if not self.muon or self.optimizer is not None:
-            return super().create_optimizer(model)
-        model = self.model if model is None else model
-        decay = set(self.get_decay_parameter_names(model))
-        matrices, decayed, not_decayed = [], [], []
-        for name, param in model.named_parameters():
-            if param.requires_grad:
-                is_matrix = param.ndim == 2 and not name.startswith("classifier.")
-                (matrices if is_matrix else decayed if name in decay else not_decayed).append(param)
-        args = self.args
-        self.optimizer = MuonWithAdamW(
-            matrices,
-            [{"params": decayed}, {"params": not_decayed, "weight_decay": 0.0}],
-            lr=args.learning_rate,
-            weight_decay=args.weight_decay,
-            betas=(args.adam_beta1, args.adam_beta2),
-            eps=args.adam_epsilon,
-        )
-        return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mixup, flip = (self.beta is not None, False) if model.training else (False, self.flip_test_images)

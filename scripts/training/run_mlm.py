@@ -32,7 +32,6 @@ from transformers import (
     AutoTokenizer,
     DataCollatorForLanguageModeling,
     HfArgumentParser,
-    Trainer,
     TrainingArguments,
     pipeline,
     set_seed,
@@ -41,6 +40,7 @@ from transformers import (
 import modeling_mixer  # noqa: F401  (registers the Mixer with the Auto classes)
 from mixer_scripts.common import (
     TEXT_MODEL_DEFAULTS,
+    MuonTrainer,
     TextModelArguments,
     check_column,
     check_streaming,
@@ -94,6 +94,13 @@ class DataTrainingArguments:
     )
     fill_mask_examples: int = field(
         default=5, metadata={"help": "After saving, reload the model and fill a masked token in this many texts."}
+    )
+    muon: bool = field(
+        default=True,
+        metadata={
+            "help": "Train the weights of the trunk's linear layers with Muon (AdamW for the embeddings, norms, "
+            "biases and head, one schedule). With AdamW alone the Mixer sat on the unigram plateau for longer."
+        },
     )
 
 
@@ -386,9 +393,10 @@ def main(argv=None):
             "masked_tokens": len(labels),
         }
 
-    trainer = Trainer(
+    trainer = MuonTrainer(
         model=model,
         args=training_args,
+        muon=data_args.muon,
         train_dataset=train_dataset if training_args.do_train else None,
         eval_dataset=eval_dataset if training_args.do_eval else None,
         processing_class=tokenizer,

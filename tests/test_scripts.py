@@ -577,7 +577,7 @@ def test_local_accuracy_metric_matches_the_hubs():
 PAUSED_AFTER_FIRST_CHECKPOINT = """
 import sys, time
 from pathlib import Path
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 from mixer_scripts.training import run_mlm
 
 class Pause(TrainerCallback):
@@ -585,7 +585,8 @@ class Pause(TrainerCallback):
         Path(args.output_dir, "paused").write_text(str(state.global_step))
         time.sleep(600)
 
-run_mlm.Trainer = lambda *args, **kwargs: Trainer(*args, callbacks=[Pause()], **kwargs)
+Trainer = run_mlm.MuonTrainer
+run_mlm.MuonTrainer = lambda *args, **kwargs: Trainer(*args, callbacks=[Pause()], **kwargs)
 run_mlm.main(sys.argv[1:])
 """
 

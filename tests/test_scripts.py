@@ -573,7 +573,8 @@ def test_local_accuracy_metric_matches_the_hubs():
     }
 
 
-# run_mlm.py with a callback that holds the run after its first checkpoint, so that the test kills it in the middle
+# run_mlm.py (Muon by default) with a callback that holds the run after its first checkpoint, so that the test kills it
+# in the middle
 PAUSED_AFTER_FIRST_CHECKPOINT = """
 import sys, time
 from pathlib import Path
@@ -585,8 +586,8 @@ class Pause(TrainerCallback):
         Path(args.output_dir, "paused").write_text(str(state.global_step))
         time.sleep(600)
 
-Trainer = run_mlm.MuonTrainer
-run_mlm.MuonTrainer = lambda *args, **kwargs: Trainer(*args, callbacks=[Pause()], **kwargs)
+MuonTrainer = run_mlm.MuonTrainer
+run_mlm.MuonTrainer = lambda *args, **kwargs: MuonTrainer(*args, callbacks=[Pause()], **kwargs)
 run_mlm.main(sys.argv[1:])
 """
 

@@ -30,6 +30,7 @@ from configuration_mixer import MixerConfig
 from helpers import (
     FASHION_MNIST_SAMPLE,
     ROOT,
+    TINY_IMAGE,
     TINY_IMAGES,
     TINY_MIXER_IMAGES,
     TINY_MLM,
@@ -41,7 +42,7 @@ from helpers import (
 from mixer_scripts import common
 from mixer_scripts.common import MuonTrainer, MuonWithAdamW
 from mixer_scripts.plots import plot_token_mixing as plot
-from mixer_scripts.training import run_image_classification, run_mlm
+from mixer_scripts.training import run_image_classification, run_mlm, run_text_classification
 from modeling_mixer import MixerForImageClassification
 
 TINY_MLM = TINY_MLM + [
@@ -651,6 +652,7 @@ def test_mlm_trains_in_bf16_without_nan(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("script", [run_mlm, run_image_classification, run_text_classification])
 @pytest.mark.parametrize(
     "units, argv, expected",
     [
@@ -660,9 +662,9 @@ def test_mlm_trains_in_bf16_without_nan(tmp_path):
         (None, ["--bf16", "true"], True),
     ],
 )
-def test_precision_follows_the_cpu_unless_asked(tmp_path, monkeypatch, caplog, units, argv, expected):
+def test_precision_follows_the_cpu_unless_asked(tmp_path, monkeypatch, caplog, script, units, argv, expected):
     monkeypatch.setattr(common, "bf16_matrix_units", lambda: units)
-    *_, training_args, why = run_mlm.parse_args(
+    *_, training_args, why = script.parse_args(
         ["--use_cpu", "--eval_strategy", "no", "--output_dir", str(tmp_path), *argv]
     )
     with caplog.at_level("WARNING"):
@@ -671,7 +673,7 @@ def test_precision_follows_the_cpu_unless_asked(tmp_path, monkeypatch, caplog, u
     # What the training runs in: the Trainer's Accelerator, built from these arguments.
     from transformers import Trainer
 
-    trainer = Trainer(model=torch.nn.Linear(2, 2), args=training_args)
+    trainer = Trainer(model=MixerForImageClassification(MixerConfig(**TINY_IMAGE)), args=training_args)
     assert trainer.accelerator.mixed_precision == ("bf16" if expected else "no")
 
 

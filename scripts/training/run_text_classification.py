@@ -30,7 +30,8 @@ its Mixer takes 128 positions: every snippet fits whole (at most 90 tokens). Oth
         --text_column_name review --label_column_name sentiment --tokenizer_type wordpiece
     python scripts/training/run_text_classification.py --dataset_name cornell-movie-review-data/rotten_tomatoes  # online
 
-Every `TrainingArguments` flag works (`--learning_rate`, `--max_steps`, `--push_to_hub`, `--use_cpu`...).
+Every `TrainingArguments` flag works (`--learning_rate`, `--max_steps`, `--push_to_hub`, `--use_cpu`...). It trains in
+bf16 autocast where the hardware has fast bf16 products and in fp32 elsewhere, as run_mlm.py (`--bf16 false` forces fp32).
 """
 
 import functools
@@ -57,11 +58,13 @@ from mixer_scripts.common import (
     TEXT_MODEL_DEFAULTS,
     TextModelArguments,
     check_column,
+    choose_precision,
     encode_labels,
     load_dataset_or_explain,
     load_hub_dataset,
     load_metric,
     load_pretrained_with_labels,
+    log_precision,
     parse_config_overrides,
     setup_logging,
     train_evaluate_save,
@@ -203,12 +206,14 @@ def parse_args(argv=None):
         report_to="none",
         max_grad_norm=1.0,
     )
-    return parser.parse_args_into_dataclasses(args=argv)
+    why_precision = choose_precision(parser, argv)
+    return *parser.parse_args_into_dataclasses(args=argv), why_precision
 
 
 def main(argv=None):
-    model_args, data_args, training_args = parse_args(argv)
+    model_args, data_args, training_args, why_precision = parse_args(argv)
     setup_logging(training_args)
+    log_precision(training_args, why_precision)
     logger.info(f"Training/evaluation parameters {training_args}")
     set_seed(training_args.seed)
 

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from mixer_scripts.benchmarks import benchmark
 
 
@@ -68,6 +70,8 @@ def test_benchmark_measures_peak_memory_with_and_without_checkpointing(tmp_path)
             "tiny-image",
             "--checkpointing_batch_size",
             "4",
+            "--config_overrides",
+            "num_hidden_layers=1",  # reaches the memory probes, which run in subprocesses
             "--output_dir",
             str(tmp_path),
         ]
@@ -75,6 +79,18 @@ def test_benchmark_measures_peak_memory_with_and_without_checkpointing(tmp_path)
     report = json.loads((tmp_path / "benchmark.json").read_text())
     assert report["results"][0]["peak_memory_mib"] >= 0
     assert set(report["checkpointing_memory_mib"]) == {"False", "True"}
+    assert report["config_overrides"] == "num_hidden_layers=1"
+    assert "config overrides num_hidden_layers=1" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_config_overrides_change_a_copy_of_the_case():
+    case = benchmark.CASES["tiny-text"]
+    wide = benchmark.with_overrides(case, "hidden_size=64,num_hidden_layers=1")
+    assert (wide.config.hidden_size, wide.config.num_hidden_layers) == (64, 1)
+    assert case.config.num_hidden_layers != 1  # the shared case is untouched
+    assert benchmark.forward_flops(wide, "mixer") != benchmark.forward_flops(case, "mixer")
+    with pytest.raises(ValueError, match="hidden_sise"):
+        benchmark.with_overrides(case, "hidden_sise=64")
 
 
 def test_analytic_flops_of_b16_match_the_paper_scale():

@@ -17,6 +17,8 @@ Writes `<output_dir>/benchmark.json`, `benchmark.md` (the table printed at the e
 """
 
 import argparse
+import copy
+import dataclasses
 import json
 import os
 import platform
@@ -31,6 +33,15 @@ import torch
 from mixer_scripts.benchmark_cases import CASES, TUNING, forward_flops, matmul_peak, prepare, synchronize
 
 DEFAULT_CASES = ["S/16", "B/16", "text-128", "text-512"]
+
+
+def with_overrides(case, overrides: str):
+    """The case with some fields of its config changed ("hidden_size=256,num_hidden_layers=2"), for every model."""
+    if not overrides:
+        return case
+    config = copy.deepcopy(case.config)
+    config.update_from_string(overrides)  # typed like the existing fields; unknown keys are an error
+    return dataclasses.replace(case, config=config)
 
 
 def time_case(case, names, mode, batch_size, device, dtype, rounds, warmup) -> dict:
@@ -52,7 +63,7 @@ def time_case(case, names, mode, batch_size, device, dtype, rounds, warmup) -> d
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def peak_memory(case, name, mode, batch_size, device, dtype, checkpointing=False) -> float:
+def peak_memory(case, name, mode, batch_size, device, dtype, checkpointing=False, overrides="") -> float:
     """Bytes that one step needs beyond the loaded model (and, for training, its optimizer state)."""
     if device.type == "cuda":
         run = prepare(case, name, mode, batch_size, device, dtype, checkpointing)
@@ -69,19 +80,20 @@ def peak_memory(case, name, mode, batch_size, device, dtype, checkpointing=False
         sys.executable,
         __file__,
         "--_memory_probe",
-        json.dumps([case.name, name, mode, batch_size, str(dtype).removeprefix("torch."), checkpointing]),
+        json.dumps([case.name, overrides, name, mode, batch_size, str(dtype).removeprefix("torch."), checkpointing]),
     ]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     return float(subprocess.run(probe, capture_output=True, text=True, check=True, env=env).stdout.split()[-1])
 
 
-def memory_probe(case_name, name, mode, batch_size, dtype, checkpointing):
+def memory_probe(case_name, overrides, name, mode, batch_size, dtype, checkpointing):
     """Prints the rise of the peak resident set over the resident set before a second step (Linux)."""
 
     def kib(field):
         return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))
 
-    run = prepare(CASES[case_name], name, mode, batch_size, torch.device("cpu"), getattr(torch, dtype), checkpointing)
+    case = with_overrides(CASES[case_name], overrides)
+    run = prepare(case, name, mode, batch_size, torch.device("cpu"), getattr(torch, dtype), checkpointing)
     run()  # the first step creates the optimizer state
     before = kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current resident set
@@ -142,6 +154,11 @@ def main(argv=None):
         action="store_true",
         help="AdamW's fused kernel in the training steps (the CPU memory probes keep the default)",
     )
+    parser.add_argument(
+        "--config_overrides",
+        default="",
+        help='fields of every case\'s config to change, e.g. "hidden_size=256,num_hidden_layers=2" (peers alike)',
+    )
     parser.add_argument("--output_dir", default="benchmark_results")
     parser.add_argument("--_memory_probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -164,7 +181,7 @@ def main(argv=None):
     print(f"{machine}; {dtype}; batch {batch_size}; GEMM {peak / 1e9:.0f} GFLOP/s", flush=True)
 
     results = []
-    for case in (CASES[c] for c in args.cases.split(",")):
+    for case in (with_overrides(CASES[c], args.config_overrides) for c in args.cases.split(",")):
         names = [m for m in case.models if args.models is None or m in args.models.split(",")]
         for mode in args.modes.split(","):
             seconds = time_case(case, names, mode, batch_size, device, dtype, args.rounds, args.warmup)
@@ -183,7 +200,8 @@ def main(argv=None):
                     tflops=samples_per_s * per_sample / 1e12,
                 )
                 if not args.no_memory and not name.endswith("-compiled"):
-                    row["peak_memory_mib"] = peak_memory(case, name, mode, batch_size, device, dtype) / 2**20
+                    memory = peak_memory(case, name, mode, batch_size, device, dtype, overrides=args.config_overrides)
+                    row["peak_memory_mib"] = memory / 2**20
                 results.append(row)
                 print(
                     f"{case.name:>10} {mode:>9} {name:>14}: {row['throughput']:10.1f} {row['unit']}, "
@@ -198,11 +216,12 @@ def main(argv=None):
 
     checkpointing = {}
     if args.checkpointing_case and not args.no_memory:
-        case = CASES[args.checkpointing_case]
+        case = with_overrides(CASES[args.checkpointing_case], args.config_overrides)
         for enabled in (False, True):
-            checkpointing[str(enabled)] = (
-                peak_memory(case, "mixer", "train", args.checkpointing_batch_size, device, dtype, enabled) / 2**20
+            memory = peak_memory(
+                case, "mixer", "train", args.checkpointing_batch_size, device, dtype, enabled, args.config_overrides
             )
+            checkpointing[str(enabled)] = memory / 2**20
         print(
             f"{case.name} training, batch {args.checkpointing_batch_size}: {checkpointing['False']:.0f} MiB without gradient "
             f"checkpointing, {checkpointing['True']:.0f} MiB with it",
@@ -222,6 +241,7 @@ def main(argv=None):
         checkpointing_memory_mib=checkpointing,
         checkpointing_case=f"{args.checkpointing_case}, batch {args.checkpointing_batch_size}",
         tuning=TUNING,
+        config_overrides=args.config_overrides,
     )
     (output / "benchmark.json").write_text(json.dumps(report, indent=2))
     table = markdown_table(report)
@@ -235,7 +255,9 @@ def markdown_table(report) -> str:
         f"{report['machine']}, {report['dtype']}, batch {report['batch_size']}, torch {report['torch']}; "
         f"GEMM peak {report['gemm_peak_flops'] / 1e9:.0f} GFLOP/s; torch.compile mode "
         f"{report['tuning']['compile_mode'] or 'default'}, {'fused' if report['tuning']['fused_adamw'] else 'default'}"
-        " AdamW\n",
+        " AdamW"
+        + (f"; config overrides {report['config_overrides']}" if report.get("config_overrides") else "")
+        + "\n",
         "| case | mode | model | throughput | vs. ours | % of GEMM peak | peak memory (MiB) |",
         "|---|---|---|---|---|---|---|",
     ]

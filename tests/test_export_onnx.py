@@ -42,7 +42,9 @@ def test_export_image_classifier(saved_models):
     assert [row["batch_size"] for row in report["checks"]] == [1, 4]
     for row in report["checks"]:
         assert row["fp32"]["max_abs_diff"]["logits"] < 1e-5 and row["fp32"]["argmax_agreement"] == 1.0, row
-        assert 0 < row["int8"]["max_abs_diff"]["logits"] < 0.5, row  # quantized, and not broken
+        # Quantized, and without int16 saturation on CPUs without VNNI (full 8-bit weights gave 0.63 there, and
+        # the other argmax; 7-bit weights 0.05-0.09 on any CPU)
+        assert 0 < row["int8"]["max_abs_diff"]["logits"] < 0.25, row
 
     # A deployment needs only the file: a batch size that was never checked, against PyTorch.
     model = MixerForImageClassification.from_pretrained(saved_models / "image").eval()
@@ -67,7 +69,8 @@ def test_export_masked_lm(saved_models):
     ]
     for row in report["checks"]:
         assert row["fp32"]["max_abs_diff"]["logits"] < 1e-5 and row["fp32"]["argmax_agreement"] == 1.0, row
-        assert 0 < row["int8"]["max_abs_diff"]["logits"] < 0.5 and row["int8"]["argmax_agreement"] > 0.8, row
+        # Quantized, and not saturated (full 8-bit weights without VNNI: up to 0.21; 7-bit weights: 0.01)
+        assert 0 < row["int8"]["max_abs_diff"]["logits"] < 0.1 and row["int8"]["argmax_agreement"] > 0.8, row
 
     # A length in between, right-padded, with the mask defaulting to ones for the unpadded sample.
     model = MixerForMaskedLM.from_pretrained(saved_models / "mlm").eval()

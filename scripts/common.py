@@ -438,17 +438,54 @@ def encode_labels(raw: DatasetDict, column: str) -> DatasetDict:
     return raw
 
 
+class Fp32Muon(torch.optim.Muon):
+    """
+    `torch.optim.Muon` with its Newton-Schulz iterations in fp32 rather than bf16, for CPUs without bf16 matrix units:
+    there bf16 products are emulated (a 512×128 by 128×512 product took 14-15x as long as in fp32 on an AVX2-only AMD
+    EPYC), and torch's Muon made the main job's step 2.1-2.8x as long as with AdamW, this one 1.0-1.3x. The update
+    is torch's otherwise.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            a, b, c = group["ns_coefficients"]
+            for param in (param for param in group["params"] if param.grad is not None):
+                momentum = self.state[param].setdefault("momentum_buffer", torch.zeros_like(param.grad))
+                momentum.lerp_(param.grad, 1 - group["momentum"])
+                update = param.grad.lerp(momentum, group["momentum"]) if group["nesterov"] else momentum
+                # Orthogonalise the wide orientation (X Xᵀ the smaller Gram matrix), from X / ‖X‖ (spectral norm ≤ 1):
+                # X ← aX + (bA + cA²)X with A = X Xᵀ pushes every singular value towards 1.
+                tall = update.size(0) > update.size(1)
+                x = update.float().mT if tall else update.float()
+                x = x / x.norm().clamp(min=group["eps"])
+                for _ in range(group["ns_steps"]):
+                    gram = x @ x.mT
+                    x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+                param.mul_(1 - group["lr"] * group["weight_decay"])
+                lr = torch.optim._muon._adjust_lr(group["lr"], group["adjust_lr_fn"], param.shape)
+                param.add_(x.mT if tall else x, alpha=-lr)
+        return loss
+
+
 class MuonWithAdamW(torch.optim.Optimizer):
     """
     Muon (`torch.optim.Muon`: momentum orthogonalised by Newton-Schulz iterations, Jordan et al. 2024) for the given
     matrices and AdamW for the other parameters, as one optimizer, so that the Trainer's one schedule drives both.
     Muon's update is scaled to the RMS of AdamW's (`match_rms_adamw`, Liu et al. 2025): one learning rate and one
-    weight decay serve both.
+    weight decay serve both. With `fp32_newton_schulz`, Muon is `Fp32Muon`.
     """
 
-    def __init__(self, matrices, adamw_groups, lr: float, weight_decay: float, betas, eps: float):
+    def __init__(
+        self, matrices, adamw_groups, lr: float, weight_decay: float, betas, eps: float, fp32_newton_schulz=False
+    ):
+        muon = Fp32Muon if fp32_newton_schulz else torch.optim.Muon
         self.optimizers = {
-            "muon": torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw"),
+            "muon": muon(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw"),
             "adamw": torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
         }
         super().__init__([p for group in adamw_groups for p in group["params"]] + list(matrices), {})
@@ -481,7 +518,8 @@ class MuonTrainer(Trainer):
     """
     The Trainer, with `muon`: the weights of the trunk's linear layers (`model.base_model`: the Mixer layers, or the
     encoder of a ViT or BERT) trained with Muon, the rest (embeddings, patch projection, norms, biases, heads) with
-    AdamW, under the Trainer's one learning rate, weight decay and schedule.
+    AdamW, under the Trainer's one learning rate, weight decay and schedule. On a CPU without bf16 matrix units,
+    Muon's Newton-Schulz iterations run in fp32 (`Fp32Muon`).
     """
 
     def __init__(self, *args, muon: bool = False, **kwargs):
@@ -508,6 +546,7 @@ class MuonTrainer(Trainer):
             weight_decay=args.weight_decay,
             betas=(args.adam_beta1, args.adam_beta2),
             eps=args.adam_epsilon,
+            fp32_newton_schulz=args.device.type == "cpu" and bf16_matrix_units() is None,
         )
         return self.optimizer
 

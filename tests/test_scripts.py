@@ -40,7 +40,7 @@ from helpers import (
     without,
 )
 from mixer_scripts import common
-from mixer_scripts.common import MuonTrainer, MuonWithAdamW
+from mixer_scripts.common import Fp32Muon, MuonTrainer, MuonWithAdamW
 from mixer_scripts.plots import plot_token_mixing as plot
 from mixer_scripts.training import run_image_classification, run_mlm, run_text_classification
 from modeling_mixer import MixerForImageClassification
@@ -398,11 +398,12 @@ def test_muon_trains_the_layers_matrices_and_adamw_the_rest_as_the_two_torch_opt
         for mlp in ("token_mixing", "channel_mixing")
         for fc in ("fc1", "fc2")
     }
-    muon_params = [p for group in trainer.optimizer.optimizer.optimizers["muon"].param_groups for p in group["params"]]
+    trained_muon = trainer.optimizer.optimizer.optimizers["muon"]
+    muon_params = [p for group in trained_muon.param_groups for p in group["params"]]
     assert {name for name, p in model.named_parameters() if any(p is q for q in muon_params)} == matrices
     named = dict(reference.named_parameters())
     decay = trainer.get_decay_parameter_names(reference)
-    muon = torch.optim.Muon(
+    muon = type(trained_muon)(  # torch's Muon, or Fp32Muon on a CPU without bf16 units (compared with it below)
         [p for n, p in named.items() if n in matrices], lr=1e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw"
     )
     adamw = torch.optim.AdamW(
@@ -706,3 +707,32 @@ def test_plot_token_mixing_writes_a_png(tmp_path):
     )
     with Image.open(tmp_path / "units.png") as png:
         assert png.format == "PNG" and png.width > 100 and png.height > 100
+
+
+@pytest.mark.parametrize("shape", [(6, 10), (10, 6)])
+def test_fp32_muon_steps_as_torchs_muon_up_to_its_bf16_rounding(shape):
+    """Fp32Muon (for CPUs without bf16 units) against torch.optim.Muon, which orthogonalises in bf16: the same
+    momentum, weight decay and learning-rate scale, an update equal up to bf16's rounding, wide or tall."""
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(shape)) for _ in range(2)]
+    kwargs = dict(lr=0.1, weight_decay=0.01, adjust_lr_fn="match_rms_adamw")
+    ours, torchs = Fp32Muon([weights[0]], **kwargs), torch.optim.Muon([weights[1]], **kwargs)
+    for _ in range(3):
+        start = weights[0].detach().clone()
+        grad = torch.randn(shape)
+        for weight, optimizer in zip(weights, (ours, torchs)):
+            weight.data.copy_(start)
+            weight.grad = grad.clone()
+            optimizer.step()
+        assert torch.equal(ours.state[weights[0]]["momentum_buffer"], torchs.state[weights[1]]["momentum_buffer"])
+        torch.testing.assert_close(weights[0] - start, weights[1] - start, atol=2e-3, rtol=0.03)
+        # bf16 rounding, not noise: the two differ by far less than the update
+        assert (weights[0] - weights[1]).norm() < 0.04 * (weights[1] - start).norm()  # 0.8-1.8% seen
+
+
+def test_muon_trainer_orthogonalises_in_fp32_on_a_cpu_without_bf16_units(tmp_path, monkeypatch):
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    for units, expected in [(None, Fp32Muon), ("AVX-512 BF16", torch.optim.Muon)]:
+        monkeypatch.setattr(common, "bf16_matrix_units", lambda units=units: units)
+        muon = MuonTrainer(model=text_model(), muon=True, args=args).create_optimizer().optimizers["muon"]
+        assert type(muon) is expected

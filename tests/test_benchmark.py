@@ -123,3 +123,14 @@ def test_profile_groups_every_operator_of_a_step(tmp_path):
         assert abs(sum(groups.values()) - results[name]["ms_per_step"]) < 1e-6 * results[name]["ms_per_step"] + 1e-9
         assert groups["matmul"] > 0  # the stem, the token- and channel-mixing GEMMs
     assert "| mixer |" in (tmp_path / "profile.md").read_text()
+
+
+def test_profile_takes_the_models_of_its_case(tmp_path):
+    from mixer_scripts.benchmarks import profile_step
+
+    cases = benchmark.CASES
+    assert profile_step.models_to_profile(cases["mlm-job"], None) == ["mixer-compiled", "bert-compiled"]
+    assert profile_step.models_to_profile(cases["B/16"], None) == ["mixer-compiled", "timm-compiled"]
+    assert profile_step.models_to_profile(cases["mlm-job"], "mixer,fnet") == ["mixer", "fnet"]
+    with pytest.raises(ValueError, match=r"The case tiny-text runs mixer, .*bert.*; not timm\."):
+        profile_step.main(["--case", "tiny-text", "--models", "mixer,timm", "--output_dir", str(tmp_path)])

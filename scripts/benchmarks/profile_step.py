@@ -55,10 +55,20 @@ def profile_model(case, name, mode, batch_size, device, dtype, warmup, steps) ->
     return {"ms_per_step": sum(own.values()), "groups_ms": groups, "top_ms": top}
 
 
+def models_to_profile(case, models: str | None) -> list[str]:
+    """The --models asked for, each one that the case runs; by default the Mixer and the case's first peer, compiled."""
+    names = models.split(",") if models else ["mixer-compiled", f"{case.models[2]}-compiled"]
+    if unknown := [name for name in names if name not in case.models]:
+        raise ValueError(f"The case {case.name} runs {', '.join(case.models)}; not {', '.join(unknown)}.")
+    return names
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", default="B/16", help=f"one of {', '.join(CASES)}")
-    parser.add_argument("--models", default="mixer-compiled,timm-compiled")
+    parser.add_argument(
+        "--models", default=None, help="default: the Mixer and the case's first peer (timm or BERT), compiled"
+    )
     parser.add_argument("--mode", default="train", choices=["train", "inference"])
     parser.add_argument("--batch_size", type=int, default=None, help="default: 8 on the CPU, 128 on CUDA")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -72,7 +82,7 @@ def main(argv=None):
     batch_size = args.batch_size or (128 if device.type == "cuda" else 8)
     case = CASES[args.case]
     results = {}
-    for name in args.models.split(","):
+    for name in models_to_profile(case, args.models):
         torch._dynamo.reset()
         results[name] = profile_model(case, name, args.mode, batch_size, device, dtype, args.warmup, args.steps)
     labels = [label for label, _ in CATEGORIES] + ["other"]

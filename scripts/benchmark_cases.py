@@ -52,7 +52,8 @@ CASES = {
         Case("text-128", MixerConfig(**TEXT, max_position_embeddings=128), TEXT_MODELS),
         Case("text-512", MixerConfig(**TEXT, max_position_embeddings=512), TEXT_MODELS),
         Case("text-2048", MixerConfig(**TEXT, max_position_embeddings=2048), TEXT_MODELS),
-        # The main job's models (scripts/training/run_mlm.py's defaults: WordPiece 8,192, blocks of 128); time it with batch 32.
+        # The main job's models (scripts/training/run_mlm.py's defaults: WordPiece 8,192, blocks of 128); time it
+        # with batch 32.
         Case(
             "mlm-job",
             MixerConfig(

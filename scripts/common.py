@@ -127,9 +127,9 @@ def fashion_mnist(directory: str | Path = FASHION_MNIST) -> DatasetDict:
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
-# The size of a new text model (run_mlm.py, run_text_classification.py), before --config_overrides: about the compute-optimal size for the main job's budget
-# (docs/text.md). The peers get the Mixer's width, depth and length, its channels_mlp_dim as their feed-forward
-# width, no dropout (like the Mixer), and BERT 64-wide attention heads.
+# The size of a new text model (run_mlm.py, run_text_classification.py), before --config_overrides: the main job's
+# (docs/text.md, "Why this size"). The peers get the Mixer's width, depth and length, its channels_mlp_dim as their
+# feed-forward width, no dropout (like the Mixer), and BERT 64-wide attention heads.
 PEER = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=512, hidden_dropout_prob=0.0)
 TEXT_MODEL_DEFAULTS = {
     "mlp-mixer": (
@@ -455,9 +455,9 @@ class Fp32Muon(torch.optim.Muon):
         for group in self.param_groups:
             a, b, c = group["ns_coefficients"]
             for param in (param for param in group["params"] if param.grad is not None):
-                momentum = self.state[param].setdefault("momentum_buffer", torch.zeros_like(param.grad))
-                momentum.lerp_(param.grad, 1 - group["momentum"])
-                update = param.grad.lerp(momentum, group["momentum"]) if group["nesterov"] else momentum
+                buffer = self.state[param].setdefault("momentum_buffer", torch.zeros_like(param.grad))
+                buffer.lerp_(param.grad, 1 - group["momentum"])
+                update = param.grad.lerp(buffer, group["momentum"]) if group["nesterov"] else buffer
                 # Orthogonalise the wide orientation (X Xᵀ the smaller Gram matrix), from X / ‖X‖ (spectral norm ≤ 1):
                 # X ← aX + (bA + cA²)X with A = X Xᵀ pushes every singular value towards 1.
                 tall = update.size(0) > update.size(1)

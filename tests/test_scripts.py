@@ -403,7 +403,7 @@ def test_muon_trains_the_layers_matrices_and_adamw_the_rest_as_the_two_torch_opt
     assert {name for name, p in model.named_parameters() if any(p is q for q in muon_params)} == matrices
     named = dict(reference.named_parameters())
     decay = trainer.get_decay_parameter_names(reference)
-    muon = type(trained_muon)(  # torch's Muon, or Fp32Muon on a CPU without bf16 units (compared with it below)
+    muon = type(trained_muon)(  # torch's Muon, or Fp32Muon on a CPU without bf16 units (tested against torch's below)
         [p for n, p in named.items() if n in matrices], lr=1e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw"
     )
     adamw = torch.optim.AdamW(

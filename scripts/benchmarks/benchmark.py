@@ -223,8 +223,8 @@ def main(argv=None):
             )
             checkpointing[str(enabled)] = memory / 2**20
         print(
-            f"{case.name} training, batch {args.checkpointing_batch_size}: {checkpointing['False']:.0f} MiB without gradient "
-            f"checkpointing, {checkpointing['True']:.0f} MiB with it",
+            f"{case.name} training, batch {args.checkpointing_batch_size}: {checkpointing['False']:.0f} MiB without "
+            f"gradient checkpointing, {checkpointing['True']:.0f} MiB with it",
             flush=True,
         )
 

@@ -14,8 +14,8 @@ graph). Text models take `input_ids` and `attention_mask` (int64, batch × seque
 The check runs PyTorch and onnxruntime on the same random inputs, at batch sizes 1 and 4 (for text at lengths 1 and
 `max_position_embeddings`, the last sample right-padded), and fails when the largest |difference| of fp32 exceeds
 `--atol`. `--quantize` also writes an int8 model (`quantize_dynamic` of the MatMuls and the classifier: int8
-weights in 7 bits, which no CPU's int8 products saturate, activations quantized on the fly) and reports its difference and how often its argmax agrees, without a
-threshold.
+weights in 7 bits, which no CPU's int8 products saturate, activations quantized on the fly) and reports its
+difference and how often its argmax agrees, without a threshold.
 
 A longer sequence than `max_position_embeddings` cannot raise the model's clear error inside the graph: onnxruntime
 fails with a shape error (a broadcast in an Add node). `run` below checks the length first and raises a ValueError.

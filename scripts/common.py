@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import transformers
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, IterableDataset
+from timm.optim.muon import zeropower_via_newtonschulz
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     AutoConfig,
@@ -47,6 +48,13 @@ def bf16_matrix_units() -> str | None:
     return " and ".join(found) or None
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 products run faster than fp32 on the device: a GPU with bf16 units, a CPU with bf16 matrix units."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return bf16_matrix_units() is not None
+
+
 def choose_precision(parser, argv=None) -> str:
     """
     Makes bf16 autocast the default where the hardware has fast bf16 products (a CUDA GPU that supports it, a CPU with
@@ -57,8 +65,8 @@ def choose_precision(parser, argv=None) -> str:
     if any(arg.split("=")[0] in ("--bf16", "--no_bf16", "--fp16") for arg in argv):
         return "as asked on the command line"
     if torch.cuda.is_available() and not any(arg.startswith("--use_cpu") for arg in argv):
-        bf16 = torch.cuda.is_bf16_supported()
-        why = "the GPU supports bf16" if bf16 else "the GPU has no bf16"
+        bf16 = fast_bf16(torch.device("cuda"))
+        why = "the GPU has bf16 units" if bf16 else "the GPU has no bf16 units"
     elif "WORLD_SIZE" in os.environ and not any(arg.startswith("--use_cpu") for arg in argv):
         return "the default of a launch of several processes (check_processes says what it needs on CPUs)"
     else:  # the Trainer takes bf16 on the CPU only with use_cpu
@@ -440,10 +448,10 @@ def encode_labels(raw: DatasetDict, column: str) -> DatasetDict:
 
 class Fp32Muon(torch.optim.Muon):
     """
-    `torch.optim.Muon` with its Newton-Schulz iterations in fp32 rather than bf16, for CPUs without bf16 matrix units:
-    there bf16 products are emulated (a 512×128 by 128×512 product took 14-15x as long as in fp32 on an AVX2-only AMD
-    EPYC), and torch's Muon made the main job's step 2.1-2.8x as long as with AdamW, this one 1.0-1.3x. The update
-    is torch's otherwise.
+    `torch.optim.Muon` with its Newton-Schulz iterations in fp32 rather than bf16 (timm's, which takes the dtype), for
+    hardware without fast bf16 products: there bf16 is emulated (a 512×128 by 128×512 product took 14-15x as long as
+    in fp32 on an AVX2-only AMD EPYC), and torch's Muon made the main job's step 2.1-2.9x as long as with AdamW, this
+    one 0.9-1.3x. The update is torch's otherwise.
     """
 
     @torch.no_grad()
@@ -453,22 +461,17 @@ class Fp32Muon(torch.optim.Muon):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            a, b, c = group["ns_coefficients"]
             for param in (param for param in group["params"] if param.grad is not None):
                 buffer = self.state[param].setdefault("momentum_buffer", torch.zeros_like(param.grad))
                 buffer.lerp_(param.grad, 1 - group["momentum"])
                 update = param.grad.lerp(buffer, group["momentum"]) if group["nesterov"] else buffer
-                # Orthogonalise the wide orientation (X Xᵀ the smaller Gram matrix), from X / ‖X‖ (spectral norm ≤ 1):
-                # X ← aX + (bA + cA²)X with A = X Xᵀ pushes every singular value towards 1.
-                tall = update.size(0) > update.size(1)
-                x = update.float().mT if tall else update.float()
-                x = x / x.norm().clamp(min=group["eps"])
-                for _ in range(group["ns_steps"]):
-                    gram = x @ x.mT
-                    x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+                # Every singular value of the update pushed towards 1 (U Vᵀ, roughly, of its SVD U S Vᵀ)
+                update = zeropower_via_newtonschulz(
+                    update, group["ns_steps"], [group["ns_coefficients"]], group["eps"], dtype=torch.float32
+                )
                 param.mul_(1 - group["lr"] * group["weight_decay"])
-                lr = torch.optim._muon._adjust_lr(group["lr"], group["adjust_lr_fn"], param.shape)
-                param.add_(x.mT if tall else x, alpha=-lr)
+                lr = torch.optim._muon._adjust_lr(group["lr"], group["adjust_lr_fn"], param.shape)  # torch's scaling
+                param.add_(update, alpha=-lr)
         return loss
 
 
@@ -518,8 +521,8 @@ class MuonTrainer(Trainer):
     """
     The Trainer, with `muon`: the weights of the trunk's linear layers (`model.base_model`: the Mixer layers, or the
     encoder of a ViT or BERT) trained with Muon, the rest (embeddings, patch projection, norms, biases, heads) with
-    AdamW, under the Trainer's one learning rate, weight decay and schedule. On a CPU without bf16 matrix units,
-    Muon's Newton-Schulz iterations run in fp32 (`Fp32Muon`).
+    AdamW, under the Trainer's one learning rate, weight decay and schedule. Where bf16 products are not fast (a CPU
+    without bf16 matrix units), Muon's Newton-Schulz iterations run in fp32 (`Fp32Muon`).
     """
 
     def __init__(self, *args, muon: bool = False, **kwargs):
@@ -546,7 +549,7 @@ class MuonTrainer(Trainer):
             weight_decay=args.weight_decay,
             betas=(args.adam_beta1, args.adam_beta2),
             eps=args.adam_epsilon,
-            fp32_newton_schulz=args.device.type == "cpu" and bf16_matrix_units() is None,
+            fp32_newton_schulz=not fast_bf16(args.device),
         )
         return self.optimizer
 

@@ -119,7 +119,7 @@ def quantize(path, int8_path) -> Path:
     The weights use 7 of their 8 bits (`reduce_range`). On x86 CPUs without VNNI, onnxruntime multiplies uint8
     activations by int8 weights with VPMADDUBSW, which saturates when the sum of two full-range products exceeds int16;
     with 7-bit weights it cannot. (Full-range weights on an AVX2-only AMD EPYC: the tiny models of
-    tests/test_export_onnx.py differed from PyTorch by 10x more than with 7-bit weights, and flipped argmaxes.)
+    tests/test_export_onnx.py differed from PyTorch by up to 14x more than with 7-bit weights, and flipped argmaxes.)
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -43,7 +43,7 @@ def test_export_image_classifier(saved_models):
     for row in report["checks"]:
         assert row["fp32"]["max_abs_diff"]["logits"] < 1e-5 and row["fp32"]["argmax_agreement"] == 1.0, row
         # Quantized, and without int16 saturation on CPUs without VNNI (full 8-bit weights gave 0.63 there, and
-        # the other argmax; 7-bit weights 0.05-0.09 on any CPU)
+        # the other argmax; 7-bit weights 0.05-0.09 on the same CPU)
         assert 0 < row["int8"]["max_abs_diff"]["logits"] < 0.25, row
 
     # A deployment needs only the file: a batch size that was never checked, against PyTorch.

@@ -736,3 +736,6 @@ def test_muon_trainer_orthogonalises_in_fp32_on_a_cpu_without_bf16_units(tmp_pat
         monkeypatch.setattr(common, "bf16_matrix_units", lambda units=units: units)
         muon = MuonTrainer(model=text_model(), muon=True, args=args).create_optimizer().optimizers["muon"]
         assert type(muon) is expected
+    # A GPU that has bf16 only through emulation (before Ampere) is not fast in bf16 either.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert not common.fast_bf16(torch.device("cuda"))

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import transformers
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, IterableDataset
-from timm.optim.muon import zeropower_via_newtonschulz
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     AutoConfig,
@@ -450,12 +449,13 @@ class Fp32Muon(torch.optim.Muon):
     """
     `torch.optim.Muon` with its Newton-Schulz iterations in fp32 rather than bf16 (timm's, which takes the dtype), for
     hardware without fast bf16 products: there bf16 is emulated (a 512×128 by 128×512 product took 14-15x as long as
-    in fp32 on an AVX2-only AMD EPYC), and torch's Muon made the main job's step 2.1-2.9x as long as with AdamW, this
-    one 0.9-1.3x. The update is torch's otherwise.
+    in fp32 on an AVX2-only AMD EPYC; docs/results/2026-12-06-avx2-cpu.md). The update is torch's otherwise.
     """
 
     @torch.no_grad()
     def step(self, closure=None):
+        from timm.optim.muon import zeropower_via_newtonschulz  # all of timm, ~2 s: only where this optimizer runs
+
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -3,6 +3,7 @@ The code that the scripts share, installed as `mixer_scripts` (setup.cfg maps th
 
 - `common`: precision, data sets (Fashion-MNIST, Shakespeare's tokenizer), logging, checks and the Trainer loop;
 - `model_card`: the model card that training writes beside the weights;
+- `peers`: BERT and FNet MLMs with the Mixer's sparse decoder, for the comparisons;
 - `benchmark_cases`: the workloads that the benchmarks and the profiler time;
 - `onnx_utils`: ONNX export, onnxruntime sessions and int8 quantization.
 

@@ -30,7 +30,8 @@ class Case:
 
 IMAGE_MODELS = ("mixer", "mixer-compiled", "timm", "timm-compiled", "vit", "vit-compiled")
 TEXT_MODELS = ("mixer", "mixer-compiled", "bert", "bert-compiled", "fnet", "fnet-compiled")
-# The Mixer MLMs train with the sparse decoder, as scripts/training/run_mlm.py's do.
+# The MLMs train with the sparse decoder, as scripts/training/run_mlm.py's do (the Mixer's `sparse_prediction`, the
+# peers' from mixer_scripts.peers).
 TEXT = dict(
     modality="text",
     hidden_size=512,
@@ -40,9 +41,7 @@ TEXT = dict(
     vocab_size=30522,
     sparse_prediction=True,
 )
-LABELLED = (
-    0.15  # the share of text tokens that carry an MLM label: in training, the Mixer's decoder runs on those only
-)
+LABELLED = 0.15  # the share of text tokens that carry an MLM label: in training, the decoders run on those only
 TINY = dict(hidden_size=32, num_hidden_layers=2, tokens_mlp_dim=16, channels_mlp_dim=64)
 CASES = {
     case.name: case
@@ -118,7 +117,9 @@ def build(case: Case, name: str) -> torch.nn.Module:
             )
         )
     if base == "bert":
-        from transformers import BertConfig, BertForMaskedLM
+        from transformers import BertConfig
+
+        from mixer_scripts.peers import BertForMaskedLM
 
         return BertForMaskedLM(
             BertConfig(
@@ -133,7 +134,9 @@ def build(case: Case, name: str) -> torch.nn.Module:
             )
         )
     if base == "fnet":
-        from transformers import FNetConfig, FNetForMaskedLM
+        from transformers import FNetConfig
+
+        from mixer_scripts.peers import FNetForMaskedLM
 
         return FNetForMaskedLM(
             FNetConfig(
@@ -157,7 +160,7 @@ def forward_flops(case: Case, name: str, mode: str = "inference") -> float:
         head = C * c.num_labels
     else:
         S, stem, head = c.max_position_embeddings, 0, c.max_position_embeddings * (C * C + C * c.vocab_size)
-        head *= LABELLED if name.startswith("mixer") and mode == "train" and c.sparse_prediction else 1
+        head *= LABELLED if mode == "train" and c.sparse_prediction else 1
     if name.startswith(("mixer", "timm")):
         layer = S * C * c.tokens_mlp_dim * 2 + S * C * c.channels_mlp_dim * 2
     elif name.startswith("fnet"):  # a 2-D FFT over tokens and channels (~5 N log2 N real FLOPs), then the MLP

@@ -19,9 +19,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import (
     AutoConfig,
     BertConfig,
-    BertForMaskedLM,
     FNetConfig,
-    FNetForMaskedLM,
     PreTrainedTokenizerFast,
     Trainer,
     TrainerCallback,
@@ -29,6 +27,7 @@ from transformers import (
 
 from configuration_mixer import MixerConfig
 from mixer_scripts.model_card import write_model_card
+from mixer_scripts.peers import BertForMaskedLM, FNetForMaskedLM
 from modeling_mixer import MixerForMaskedLM
 
 logger = logging.getLogger(__name__)
@@ -136,7 +135,8 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 # The size of a new text model (run_mlm.py, run_text_classification.py), before --config_overrides: the main job's
 # (docs/text.md, "Why this size"). The peers get the Mixer's width, depth and length, its channels_mlp_dim as their
-# feed-forward width, no dropout (like the Mixer), and BERT 64-wide attention heads.
+# feed-forward width, no dropout (like the Mixer), and BERT 64-wide attention heads; all three score only the masked
+# positions in training (`sparse_prediction`, mixer_scripts.peers).
 PEER = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=512, hidden_dropout_prob=0.0)
 TEXT_MODEL_DEFAULTS = {
     "mlp-mixer": (

@@ -1,11 +1,17 @@
-"""The MLM head: full logits in evaluation, and the sparse decoder of training against the dense computation."""
+"""The MLM head: full logits in evaluation, and the sparse decoder of training against the dense computation; the
+same for the BERT and FNet peers of the comparisons."""
+
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
+from transformers import AutoModelForMaskedLM
 
 from configuration_mixer import MixerConfig
 from helpers import TINY_TEXT
+from mixer_scripts import peers
 from modeling_mixer import MixerForMaskedLM
 
 # The sparse decoder of training (the default of the scripts), over 60 tokens at 16 positions.
@@ -91,3 +97,39 @@ def test_no_or_all_positions_labelled(share):
         torch.testing.assert_close(out.loss, F.cross_entropy(full.flatten(0, 1), ids.flatten()))
     else:  # nothing to score: the mean over no position, NaN, as in the dense loss
         assert torch.isnan(out.loss)
+
+
+@pytest.mark.parametrize("name", ["BertForMaskedLM", "FNetForMaskedLM"])
+def test_peers_train_with_the_sparse_decoder_and_save_as_stock_models(name, tmp_path):
+    """The comparisons' BERT and FNet: the stock loss and gradients in training, the stock model in evaluation and saved."""
+    stock_class, peer_class = getattr(transformers, name), getattr(peers, name)
+    config = stock_class.config_class(
+        vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    stock = stock_class(config).train()
+    peer = peer_class(config).train()
+    peer.load_state_dict(stock.state_dict())
+    ids, labels = masked_batch(2, 0.15)
+    mask = torch.ones_like(ids)
+    mask[1, 11:] = 0
+    labels[1, 11:] = -100
+
+    stock_out, peer_out = stock(ids, attention_mask=mask, labels=labels), peer(ids, attention_mask=mask, labels=labels)
+    stock_out.loss.backward()
+    peer_out.loss.backward()
+    keep = labels != -100
+    assert peer_out.logits.shape == (keep.sum(), 60)
+    torch.testing.assert_close(peer_out.logits, stock_out.logits[keep])
+    torch.testing.assert_close(peer_out.loss, stock_out.loss)
+    for (param_name, p), q in zip(stock.named_parameters(), peer.parameters()):
+        assert (p.grad is None) == (q.grad is None), param_name
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=param_name)
+
+    with torch.no_grad():
+        torch.testing.assert_close(peer.eval()(ids, labels=labels).logits, stock.eval()(ids, labels=labels).logits)
+    peer.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == [name]
+    assert type(AutoModelForMaskedLM.from_pretrained(tmp_path)) is stock_class

@@ -58,8 +58,11 @@ def profile_model(case, name, mode, batch_size, device, dtype, warmup, steps) ->
 def models_to_profile(case, models: str | None) -> list[str]:
     """The --models asked for, each one that the case runs; by default the Mixer and the case's first peer,
     compiled."""
-    peer = next(name for name in case.models if not name.startswith("mixer"))
-    names = models.split(",") if models else ["mixer-compiled", f"{peer}-compiled"]
+    if models:
+        names = models.split(",")
+    else:
+        peer = next(name for name in case.models if not name.startswith("mixer"))
+        names = ["mixer-compiled", f"{peer}-compiled"]
     if unknown := [name for name in names if name not in case.models]:
         raise ValueError(f"The case {case.name} runs {', '.join(case.models)}; not {', '.join(unknown)}.")
     return names

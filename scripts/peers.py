@@ -9,15 +9,18 @@ Fourier transforms. Evaluation and inference run the stock forward, and a saved 
 
 import transformers
 from transformers.modeling_outputs import MaskedLMOutput
+from transformers.utils import can_return_tuple
 
 
 class SparseMaskedLM:
     """Mixed into a transformers `...ForMaskedLM` whose head is `self.cls`."""
 
+    @can_return_tuple  # return_dict=False: a tuple, as the stock forward gives
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
         if labels is None or not self.training:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
-        hidden_states = self.base_model(input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        outputs = self.base_model(input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        hidden_states = outputs.last_hidden_state
         keep = labels != -100
         logits = self.cls(hidden_states[keep])
         loss = self.loss_function(logits, labels[keep], vocab_size=self.config.vocab_size, **kwargs)

@@ -127,6 +127,8 @@ def test_peers_train_with_the_sparse_decoder_and_save_as_stock_models(name, tmp_
         assert (p.grad is None) == (q.grad is None), param_name
         if p.grad is not None:
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=param_name)
+    loss, logits = peer(ids, attention_mask=mask, labels=labels, return_dict=False)  # a tuple, as the stock one's
+    torch.testing.assert_close((loss, logits), (peer_out.loss, peer_out.logits))
 
     with torch.no_grad():
         torch.testing.assert_close(peer.eval()(ids, labels=labels).logits, stock.eval()(ids, labels=labels).logits)

@@ -160,7 +160,8 @@ def forward_flops(case: Case, name: str, mode: str = "inference") -> float:
         head = C * c.num_labels
     else:
         S, stem, head = c.max_position_embeddings, 0, c.max_position_embeddings * (C * C + C * c.vocab_size)
-        head *= LABELLED if mode == "train" and c.sparse_prediction else 1
+        sparse = c.sparse_prediction or not name.startswith("mixer")  # the peers' decoders are sparse in training
+        head *= LABELLED if mode == "train" and sparse else 1
     if name.startswith(("mixer", "timm")):
         layer = S * C * c.tokens_mlp_dim * 2 + S * C * c.channels_mlp_dim * 2
     elif name.startswith("fnet"):  # a 2-D FFT over tokens and channels (~5 N log2 N real FLOPs), then the MLP

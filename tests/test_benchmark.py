@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from mixer_scripts.benchmark_cases import LABELLED
 from mixer_scripts.benchmarks import benchmark
 
 
@@ -91,6 +92,22 @@ def test_config_overrides_change_a_copy_of_the_case():
     assert benchmark.forward_flops(wide, "mixer") != benchmark.forward_flops(case, "mixer")
     with pytest.raises(ValueError, match="hidden_sise"):
         benchmark.with_overrides(case, "hidden_sise=64")
+
+
+def test_train_flops_count_the_decoder_at_labelled_positions_only_where_it_is_sparse():
+    case = benchmark.CASES["mlm-job"]
+    dense = benchmark.with_overrides(case, "sparse_prediction=False")
+    c = case.config
+    decoder = 2 * c.max_position_embeddings * (c.hidden_size**2 + c.hidden_size * c.vocab_size)
+    unlabelled = (1 - LABELLED) * decoder  # the decoder's work at the positions that carry no label
+
+    def train_flops(case, name):
+        return benchmark.forward_flops(case, name, "train")
+
+    assert train_flops(dense, "mixer") - train_flops(case, "mixer") == pytest.approx(unlabelled)
+    # The peers (mixer_scripts.peers) decode sparsely in training whatever the Mixer's flag says.
+    assert train_flops(dense, "bert") == train_flops(case, "bert")
+    assert benchmark.forward_flops(case, "bert") - train_flops(case, "bert") == pytest.approx(unlabelled)
 
 
 def test_analytic_flops_of_b16_match_the_paper_scale():

@@ -41,6 +41,7 @@ from helpers import (
 )
 from mixer_scripts import common
 from mixer_scripts.common import Fp32Muon, MuonTrainer, MuonWithAdamW
+from mixer_scripts.plots import plot_context_use
 from mixer_scripts.plots import plot_token_mixing as plot
 from mixer_scripts.training import run_image_classification, run_mlm, run_text_classification
 from modeling_mixer import MixerForImageClassification
@@ -707,6 +708,35 @@ def test_plot_token_mixing_writes_a_png(tmp_path):
     )
     with Image.open(tmp_path / "units.png") as png:
         assert png.format == "PNG" and png.width > 100 and png.height > 100
+
+
+def test_context_use_is_the_gradient_share_at_each_offset_and_all_at_the_word_without_token_mixing():
+    model = randomize_(text_model())
+    blocks = torch.randint(5, 50, (3, 12), generator=torch.Generator().manual_seed(0))
+    true_ids = blocks[:, 6].clone()
+    blocks[:, 6] = 4
+    share = plot_context_use.gradient_share_by_offset(model, blocks, true_ids, max_offset=5, batch_size=2)
+
+    # The same figure from the gradient with respect to inputs_embeds, block by block.
+    expected = []
+    for block, truth in zip(blocks, true_ids):
+        embeds = model.get_input_embeddings()(block[None]).detach().requires_grad_()
+        logits = model(inputs_embeds=embeds).logits[0, 6]
+        (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, truth), embeds)
+        norms = grad[0].norm(dim=-1)
+        expected.append((norms / norms.sum())[1:12])
+    torch.testing.assert_close(share, torch.stack(expected).mean(0))
+    assert share.sum() < 1 and (share > 0).all()  # position 0 ([CLS]) is beyond the 5 offsets
+
+    # Without token mixing a position sees nothing but itself.
+    with torch.no_grad():
+        for layer in model.mixer.layers:
+            layer.token_mixing.fc2.weight.zero_()
+            layer.token_mixing.fc2.bias.zero_()
+    share = plot_context_use.gradient_share_by_offset(model, blocks, true_ids, max_offset=5)
+    torch.testing.assert_close(share, torch.eye(11)[5])
+    with pytest.raises(ValueError, match="max_offset must be within the block's 12 positions, got 6"):
+        plot_context_use.gradient_share_by_offset(model, blocks, true_ids, max_offset=6)
 
 
 @pytest.mark.parametrize("shape", [(6, 10), (10, 6)])

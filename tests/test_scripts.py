@@ -739,6 +739,20 @@ def test_context_use_is_the_gradient_share_at_each_offset_and_all_at_the_word_wi
         plot_context_use.gradient_share_by_offset(model, blocks, true_ids, max_offset=6)
 
 
+def test_plot_context_use_draws_and_writes_each_models_shares(mixer_mlm, tmp_path, capsys):
+    output_dir, _ = mixer_mlm
+    plot_context_use.main(
+        f"--models tiny={output_dir} --max_offset 4 --blocks 8 --output {tmp_path / 'c.png'}".split()
+    )
+    figures = json.loads((tmp_path / "c.json").read_text())
+    assert figures["offsets"] == list(range(-4, 5))
+    tiny = figures["models"]["tiny"]
+    assert tiny["length"] == 32 and tiny["blocks"] == 8 and len(tiny["share"]) == 9 and 0 < sum(tiny["share"]) < 1
+    assert "tiny: itself" in capsys.readouterr().out
+    with Image.open(tmp_path / "c.png") as png:
+        assert png.format == "PNG"
+
+
 @pytest.mark.parametrize("shape", [(6, 10), (10, 6)])
 def test_fp32_muon_steps_as_torchs_muon_up_to_its_bf16_rounding(shape):
     """Fp32Muon (for CPUs without bf16 units) against torch.optim.Muon, which orthogonalises in bf16: the same

@@ -73,7 +73,7 @@ def main(argv=None):
     parser.add_argument("--max_offset", type=int, default=16)
     parser.add_argument("--blocks", type=int, default=256, help="the number of held-out blocks, a masked word each")
     args = parser.parse_args(argv)
-    texts = shakespeare()["validation"]["text"]
+    texts = list(shakespeare()["validation"]["text"])
     results = {}
     for name, folder in (entry.split("=", 1) for entry in args.models):
         model = AutoModelForMaskedLM.from_pretrained(folder).eval()

@@ -26,7 +26,7 @@ from mixer_scripts.training.run_mlm import shakespeare  # noqa: E402
 def middle_masked_blocks(tokenizer, texts, length: int, count: int):
     """Up to `count` blocks of `length` tokens, [CLS] text [SEP], cut from the concatenated texts; returns the blocks
     with their middle token replaced by [MASK], and the true middle tokens."""
-    ids = list(chain.from_iterable(tokenizer(texts, add_special_tokens=False)["input_ids"]))
+    ids = list(chain.from_iterable(tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]))
     inner = length - 2
     blocks = [ids[start : start + inner] for start in range(0, len(ids) - inner + 1, inner)][:count]
     if not blocks:

@@ -93,6 +93,7 @@ def main(init_dir: Path, out_dir: Path):
                 },
                 out_dir / head / "result.pt",
             )
+    dist.barrier()  # no rank tears gloo down while another still saves (a rank once aborted at exit without it)
     dist.destroy_process_group()
 
 

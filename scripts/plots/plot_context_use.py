@@ -10,7 +10,6 @@ reads it with its own tokenizer, in blocks of its own length.
 
 import argparse
 import json
-from itertools import chain
 
 import matplotlib
 
@@ -20,18 +19,17 @@ import torch  # noqa: E402
 from transformers import AutoModelForMaskedLM, AutoTokenizer  # noqa: E402
 
 import modeling_mixer  # noqa: E402, F401  (registers the Mixer with the Auto classes: no remote code is run)
-from mixer_scripts.training.run_mlm import shakespeare  # noqa: E402
+from mixer_scripts.training.run_mlm import group_texts, shakespeare  # noqa: E402
 
 
 def middle_masked_blocks(tokenizer, texts, length: int, count: int):
-    """Up to `count` blocks of `length` tokens, [CLS] text [SEP], cut from the concatenated texts; returns the blocks
-    with their middle token replaced by [MASK], and the true middle tokens."""
-    ids = list(chain.from_iterable(tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]))
-    inner = length - 2
-    blocks = [ids[start : start + inner] for start in range(0, len(ids) - inner + 1, inner)][:count]
+    """Up to `count` blocks of `length` tokens cut from the texts by `run_mlm.group_texts` ([CLS] text [SEP]); returns
+    the blocks with their middle token replaced by [MASK], and the true middle tokens."""
+    tokenized = {"input_ids": tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]}
+    blocks = group_texts(tokenized, [0], tokenizer, length, short_seq_probability=0.0, seed=0)["input_ids"][:count]
     if not blocks:
-        raise ValueError(f"The texts hold {len(ids)} tokens, fewer than one block of {inner} (plus [CLS] and [SEP]).")
-    blocks = torch.tensor([[tokenizer.cls_token_id, *block, tokenizer.sep_token_id] for block in blocks])
+        raise ValueError(f"The texts are shorter than one block of {length} tokens.")
+    blocks = torch.tensor(blocks)
     middle = length // 2
     true_ids = blocks[:, middle].clone()
     blocks[:, middle] = tokenizer.mask_token_id
@@ -48,18 +46,19 @@ def gradient_share_by_offset(model, blocks, true_ids, max_offset: int, batch_siz
         raise ValueError(f"max_offset must be within the block's {blocks.shape[1]} positions, got {max_offset}.")
     embedded = {}
 
-    def keep_for_backward(module, inputs, output):
-        output.retain_grad()
-        embedded["output"] = output
+    def as_leaf(module, inputs, output):  # the word embeddings, as a tensor that the gradient is taken with respect to
+        embedded["words"] = output.detach().requires_grad_()
+        return embedded["words"]
 
-    hook = model.get_input_embeddings().register_forward_hook(keep_for_backward)
+    hook = model.get_input_embeddings().register_forward_hook(as_leaf)
     shares = []
     try:
         for batch, truth in zip(blocks.split(batch_size), true_ids.split(batch_size)):
             logits = model(input_ids=batch).logits[:, middle]
             # Summed over the batch: a block's gradient depends on its own loss only (nothing mixes across blocks).
-            torch.nn.functional.cross_entropy(logits.float(), truth, reduction="sum").backward()
-            norms = embedded["output"].grad.float().norm(dim=-1)
+            loss = torch.nn.functional.cross_entropy(logits.float(), truth, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, embedded["words"])
+            norms = grad.float().norm(dim=-1)
             shares.append(norms / norms.sum(dim=1, keepdim=True))
     finally:
         hook.remove()

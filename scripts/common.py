@@ -21,13 +21,14 @@ from transformers import (
     BertConfig,
     FNetConfig,
     PreTrainedTokenizerFast,
+    RoFormerConfig,
     Trainer,
     TrainerCallback,
 )
 
 from configuration_mixer import MixerConfig
 from mixer_scripts.model_card import write_model_card
-from mixer_scripts.peers import BertForMaskedLM, FNetForMaskedLM
+from mixer_scripts.peers import BertForMaskedLM, FNetForMaskedLM, RoFormerForMaskedLM
 from modeling_mixer import MixerForMaskedLM
 
 logger = logging.getLogger(__name__)
@@ -135,9 +136,11 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 # The size of a new text model (run_mlm.py, run_text_classification.py), before --config_overrides: the main job's
 # (docs/text.md, "Why this size"). The peers get the Mixer's width, depth and length, its channels_mlp_dim as their
-# feed-forward width, no dropout (like the Mixer), and BERT 64-wide attention heads; all three score only the masked
-# positions in training (`sparse_prediction`, mixer_scripts.peers).
+# feed-forward width, no dropout (like the Mixer), and BERT and RoFormer (BERT with rotary position embeddings in place
+# of learned absolute ones) 64-wide attention heads; all score only the masked positions in training
+# (`sparse_prediction`, mixer_scripts.peers).
 PEER = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=512, hidden_dropout_prob=0.0)
+ATTENTION_PEER = dict(**PEER, num_attention_heads=2, attention_probs_dropout_prob=0.0)
 TEXT_MODEL_DEFAULTS = {
     "mlp-mixer": (
         MixerConfig,
@@ -151,8 +154,9 @@ TEXT_MODEL_DEFAULTS = {
             sparse_prediction=True,
         ),
     ),
-    "bert": (BertConfig, BertForMaskedLM, dict(**PEER, num_attention_heads=2, attention_probs_dropout_prob=0.0)),
+    "bert": (BertConfig, BertForMaskedLM, ATTENTION_PEER),
     "fnet": (FNetConfig, FNetForMaskedLM, PEER),
+    "roformer": (RoFormerConfig, RoFormerForMaskedLM, ATTENTION_PEER),
 }
 
 

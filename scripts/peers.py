@@ -1,10 +1,11 @@
 """
-The Mixer's peers in the text comparisons, `BertForMaskedLM` and `FNetForMaskedLM`, trained as the Mixer MLM trains:
-in training, the head scores only the masked positions (the Mixer's `config.sparse_prediction`, ModernBERT's
-`sparse_prediction`). The loss is the stock models' (the other positions have weight 0 in it); what goes is the decoder
-and the softmax over the whole vocabulary at the ~85% unlabelled positions, which at the main job's size cost more
-than these models' trunks. So equal time and tokens/s compare the trunks: token mixing against attention and against
-Fourier transforms. Evaluation and inference run the stock forward, and a saved model is a stock one.
+The Mixer's peers in the text comparisons, `BertForMaskedLM`, `RoFormerForMaskedLM` (BERT with rotary position
+embeddings, Su et al. 2021) and `FNetForMaskedLM`, trained as the Mixer MLM trains: in training, the head scores only
+the masked positions (the Mixer's `config.sparse_prediction`, ModernBERT's `sparse_prediction`). The loss is the stock
+models' (the other positions have weight 0 in it); what goes is the decoder and the softmax over the whole vocabulary
+at the ~85% unlabelled positions, which at the main job's size cost more than these models' trunks. So equal time and
+tokens/s compare the trunks: token mixing against attention and against Fourier transforms. Evaluation and inference
+run the stock forward, and a saved model is a stock one.
 """
 
 import transformers
@@ -33,4 +34,8 @@ class BertForMaskedLM(SparseMaskedLM, transformers.BertForMaskedLM):
 
 
 class FNetForMaskedLM(SparseMaskedLM, transformers.FNetForMaskedLM):
+    pass
+
+
+class RoFormerForMaskedLM(SparseMaskedLM, transformers.RoFormerForMaskedLM):
     pass

@@ -1,5 +1,5 @@
 """The MLM head: full logits in evaluation, and the sparse decoder of training against the dense computation; the
-same for the BERT and FNet peers of the comparisons."""
+same for the BERT, RoFormer and FNet peers of the comparisons."""
 
 import json
 
@@ -99,9 +99,9 @@ def test_no_or_all_positions_labelled(share):
         assert torch.isnan(out.loss)
 
 
-@pytest.mark.parametrize("name", ["BertForMaskedLM", "FNetForMaskedLM"])
+@pytest.mark.parametrize("name", ["BertForMaskedLM", "RoFormerForMaskedLM", "FNetForMaskedLM"])
 def test_peers_train_with_the_sparse_decoder_and_save_as_stock_models(name, tmp_path):
-    """The comparisons' BERT and FNet: the stock loss and gradients in training, the stock model in evaluation and saved."""
+    """The comparisons' peers: the stock loss and gradients in training, the stock model in evaluation and saved."""
     stock_class, peer_class = getattr(transformers, name), getattr(peers, name)
     config = stock_class.config_class(
         vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,

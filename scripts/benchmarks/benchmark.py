@@ -17,8 +17,6 @@ Writes `<output_dir>/benchmark.json`, `benchmark.md` (the table printed at the e
 """
 
 import argparse
-import copy
-import dataclasses
 import json
 import os
 import platform
@@ -30,18 +28,17 @@ from pathlib import Path
 
 import torch
 
-from mixer_scripts.benchmark_cases import CASES, TUNING, forward_flops, matmul_peak, prepare, synchronize
+from mixer_scripts.benchmark_cases import (
+    CASES,
+    TUNING,
+    forward_flops,
+    matmul_peak,
+    prepare,
+    synchronize,
+    with_overrides,
+)
 
 DEFAULT_CASES = ["S/16", "B/16", "text-128", "text-512"]
-
-
-def with_overrides(case, overrides: str):
-    """The case with some fields of its config changed ("hidden_size=256,num_hidden_layers=2"), for every model."""
-    if not overrides:
-        return case
-    config = copy.deepcopy(case.config)
-    config.update_from_string(overrides)  # typed like the existing fields; unknown keys are an error
-    return dataclasses.replace(case, config=config)
 
 
 def time_case(case, names, mode, batch_size, device, dtype, rounds, warmup) -> dict:

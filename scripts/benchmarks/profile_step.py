@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from mixer_scripts.benchmark_cases import CASES, prepare, synchronize
+from mixer_scripts.benchmark_cases import CASES, prepare, synchronize, with_overrides
 
 # First match wins; names are those of aten operators and of the kernels that inductor and cuBLAS generate.
 CATEGORIES = [
@@ -80,19 +80,23 @@ def main(argv=None):
     parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (autocast); default: bf16 on CUDA")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--config_overrides", default="", help='fields of the case\'s config to change, e.g. "num_hidden_layers=4"'
+    )
     parser.add_argument("--output_dir", default="profile_results")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     batch_size = args.batch_size or (128 if device.type == "cuda" else 8)
-    case = CASES[args.case]
+    case = with_overrides(CASES[args.case], args.config_overrides)
     results = {}
     for name in models_to_profile(case, args.models):
         torch._dynamo.reset()
         results[name] = profile_model(case, name, args.mode, batch_size, device, dtype, args.warmup, args.steps)
     labels = [label for label, _ in CATEGORIES] + ["other"]
     lines = [
-        f"{args.mode} step, {args.case}, batch {batch_size}, {dtype}, {device.type}"
+        f"{args.mode} step, {args.case}{' with ' + args.config_overrides if args.config_overrides else ''}, "
+        f"batch {batch_size}, {dtype}, {device.type}"
         f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}, torch {torch.__version__}",
         "",
         "| model | ms/step | " + " | ".join(labels) + " |",

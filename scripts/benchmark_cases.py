@@ -69,7 +69,7 @@ CASES = {
             MixerConfig(
                 modality="text",
                 hidden_size=128,
-                num_hidden_layers=4,
+                num_hidden_layers=2,
                 tokens_mlp_dim=128,
                 channels_mlp_dim=512,
                 vocab_size=8192,

@@ -135,11 +135,11 @@ def fashion_mnist(directory: str | Path = FASHION_MNIST) -> DatasetDict:
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 # The size of a new text model (run_mlm.py, run_text_classification.py), before --config_overrides: the main job's
-# (docs/text.md, "Why this size"). The peers get the Mixer's width, depth and length, its channels_mlp_dim as their
+# (docs/text.md, "Why this size": in its ten minutes, more steps of 2 layers learned more than fewer of 4). The peers get the Mixer's width, depth and length, its channels_mlp_dim as their
 # feed-forward width, no dropout (like the Mixer), and BERT and RoFormer (BERT with rotary position embeddings in place
 # of learned absolute ones) 64-wide attention heads; all score only the masked positions in training
 # (`sparse_prediction`, mixer_scripts.peers).
-PEER = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=512, hidden_dropout_prob=0.0)
+PEER = dict(hidden_size=128, num_hidden_layers=2, intermediate_size=512, hidden_dropout_prob=0.0)
 ATTENTION_PEER = dict(**PEER, num_attention_heads=2, attention_probs_dropout_prob=0.0)
 TEXT_MODEL_DEFAULTS = {
     "mlp-mixer": (
@@ -148,7 +148,7 @@ TEXT_MODEL_DEFAULTS = {
         dict(
             modality="text",
             hidden_size=128,
-            num_hidden_layers=4,
+            num_hidden_layers=2,
             tokens_mlp_dim=128,
             channels_mlp_dim=512,
             sparse_prediction=True,

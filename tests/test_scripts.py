@@ -686,6 +686,16 @@ def test_precision_follows_the_cpu_unless_asked(tmp_path, monkeypatch, caplog, s
     assert trainer.accelerator.mixed_precision == ("bf16" if expected else "no")
 
 
+@pytest.mark.parametrize("units, steps", [("AVX-512 BF16", (2420, 403)), (None, (1650, 275))])
+def test_main_job_budget_follows_the_precision_chosen(tmp_path, monkeypatch, units, steps):
+    # About ten minutes on 2 CPU cores either way: fp32 makes fewer steps in them; a --max_steps given wins.
+    monkeypatch.setattr(common, "bf16_matrix_units", lambda: units)
+    *_, training_args, _ = run_mlm.parse_args(["--output_dir", str(tmp_path)])
+    assert (training_args.max_steps, training_args.eval_steps) == steps
+    *_, training_args, _ = run_mlm.parse_args(["--output_dir", str(tmp_path), "--max_steps", "10"])
+    assert training_args.max_steps == 10
+
+
 # ------------------------------------------------------------------------------------------------ figures
 
 

@@ -135,10 +135,10 @@ def fashion_mnist(directory: str | Path = FASHION_MNIST) -> DatasetDict:
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 # The size of a new text model (run_mlm.py, run_text_classification.py), before --config_overrides: the main job's
-# (docs/text.md, "Why this size": in its ten minutes, more steps of 2 layers learned more than fewer of 4). The peers get the Mixer's width, depth and length, its channels_mlp_dim as their
-# feed-forward width, no dropout (like the Mixer), and BERT and RoFormer (BERT with rotary position embeddings in place
-# of learned absolute ones) 64-wide attention heads; all score only the masked positions in training
-# (`sparse_prediction`, mixer_scripts.peers).
+# (docs/text.md, "Why this size": in its ten minutes, more steps of 2 layers learned more than fewer of 4). The peers
+# get the Mixer's width, depth and length, its channels_mlp_dim as their feed-forward width, no dropout (like the
+# Mixer), and BERT and RoFormer (BERT with rotary position embeddings in place of learned absolute ones) 64-wide
+# attention heads; all score only the masked positions in training (`sparse_prediction`, mixer_scripts.peers).
 PEER = dict(hidden_size=128, num_hidden_layers=2, intermediate_size=512, hidden_dropout_prob=0.0)
 ATTENTION_PEER = dict(**PEER, num_attention_heads=2, attention_probs_dropout_prob=0.0)
 TEXT_MODEL_DEFAULTS = {

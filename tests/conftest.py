@@ -5,7 +5,8 @@ import tempfile
 
 # Set before torch, transformers and huggingface_hub are imported: they read these at import time.
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="mixer-tests-hf-home-")
+_hf_home = tempfile.TemporaryDirectory(prefix="mixer-tests-hf-home-")  # removed when the session ends
+os.environ["HF_HOME"] = _hf_home.name
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # torch.compile's on-disk cache, one per CPU kernel set: inductor reuses code compiled under another
 # ATEN_CPU_CAPABILITY (its cache key leaves it out), and that code aborted or gave NaN in the compiled tests.

@@ -77,7 +77,8 @@ _stand_in("utils.test_configuration_utils", config_common_kwargs=config_common_k
 # folder), each pipeline test skips with transformers' own reason; the per-task pipeline tests that it would run are
 # not in the distribution either. tests/test_modeling.py, test_conversion.py and test_text_heads.py run our
 # pipelines (fill-mask, image-classification, text- and token-classification, feature-extraction).
-_tiny_models = Path(tempfile.mkdtemp(prefix="mixer-tiny-models-"))
+_tiny_models_folder = tempfile.TemporaryDirectory(prefix="mixer-tiny-models-")  # removed when the session ends
+_tiny_models = Path(_tiny_models_folder.name)
 (_tiny_models / "reports").mkdir()
 (_tiny_models / "reports" / "tiny_model_summary.json").write_text(json.dumps({}))
 os.environ["TRANSFORMERS_TINY_MODEL_PATH"] = str(_tiny_models)

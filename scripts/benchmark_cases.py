@@ -14,6 +14,7 @@ import torch
 
 from configuration_mixer import MixerConfig
 from convert_mixer_checkpoint import to_timm_state_dict
+from mixer_scripts.common import TEXT_MODEL_DEFAULTS
 from modeling_mixer import MixerForImageClassification, MixerForMaskedLM
 
 
@@ -62,20 +63,11 @@ CASES = {
         Case("text-128", MixerConfig(**TEXT, max_position_embeddings=128), TEXT_MODELS),
         Case("text-512", MixerConfig(**TEXT, max_position_embeddings=512), TEXT_MODELS),
         Case("text-2048", MixerConfig(**TEXT, max_position_embeddings=2048), TEXT_MODELS),
-        # The main job's models (scripts/training/run_mlm.py's defaults: WordPiece 8,192, blocks of 128); time it
+        # The main job's models (scripts/training/run_mlm.py's new Mixer, WordPiece 8,192, blocks of 128); time it
         # with batch 64.
         Case(
             "mlm-job",
-            MixerConfig(
-                modality="text",
-                hidden_size=128,
-                num_hidden_layers=2,
-                tokens_mlp_dim=128,
-                channels_mlp_dim=512,
-                vocab_size=8192,
-                max_position_embeddings=128,
-                sparse_prediction=True,
-            ),
+            MixerConfig(**TEXT_MODEL_DEFAULTS["mlp-mixer"][2], vocab_size=8192, max_position_embeddings=128),
             TEXT_MODELS,
         ),
         # Small enough for the test suite's smoke run.
@@ -145,8 +137,6 @@ def build(case: Case, name: str) -> torch.nn.Module:
             )
         )
     if base in ("bert", "roformer", "fnet"):
-        from mixer_scripts.common import TEXT_MODEL_DEFAULTS
-
         # run_mlm.py's peer (its classes, with the sparse decoder, and its dropout-free defaults) at this case's size
         config_class, model_class, defaults = TEXT_MODEL_DEFAULTS[base]
         size = transformer_size(config) | dict(

@@ -95,14 +95,6 @@ def test_config_overrides_change_a_copy_of_the_case():
         benchmark.with_overrides(case, "hidden_sise=64")
 
 
-def test_the_mlm_job_case_is_the_main_jobs_model():
-    from mixer_scripts.common import TEXT_MODEL_DEFAULTS
-
-    main_job = TEXT_MODEL_DEFAULTS["mlp-mixer"][2]
-    config = benchmark.CASES["mlm-job"].config
-    assert {key: getattr(config, key) for key in main_job} == main_job
-
-
 def test_train_flops_count_the_decoder_at_labelled_positions_only_where_it_is_sparse():
     case = benchmark.CASES["mlm-job"]
     dense = benchmark.with_overrides(case, "sparse_prediction=False")

@@ -264,8 +264,8 @@ def mask_once(batch, collator):
 def parse_args(argv=None):
     parser = HfArgumentParser((TextModelArguments, DataTrainingArguments, TrainingArguments))
     # The embedded job's defaults: Shakespeare in blocks of 128 WordPiece tokens, trained and evaluated in about 10
-    # minutes on 2 CPU cores, with bf16 units or without (docs/text.md). Batches of 64 blocks: with 16, the model sat on the
-    # unigram plateau for most of the budget, or all of it, depending on the CPU.
+    # minutes on 2 CPU cores, with bf16 units or without (docs/text.md). Batches of 64 blocks: with 16, the model sat
+    # on the unigram plateau for most of the budget, or all of it, depending on the CPU.
     parser.set_defaults(
         output_dir="outputs/mixer-mlm-shakespeare",
         do_train=True,
